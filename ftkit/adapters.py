@@ -1,0 +1,92 @@
+"""LoRA adapters: build the peft config from the recipe, attach, load and check them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ftkit.errors import FtkitError
+from ftkit.recipe import AdapterConfig
+
+
+class AdapterError(FtkitError):
+    """An adapter that cannot be attached or loaded, or that training left untouched."""
+
+
+def lora_config(cfg: AdapterConfig) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        use_dora=cfg.use_dora,
+        use_rslora=cfg.use_rslora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def attach(model: Any, cfg: AdapterConfig, gradient_checkpointing: bool) -> Any:
+    """Prepare the (possibly quantized) base for training and wrap it with a fresh LoRA.
+
+    With gradient checkpointing, the frozen embeddings produce activations with no grad, so
+    checkpointed blocks see no input that requires grad and LoRA silently trains nothing;
+    `enable_input_require_grads` is what prevents that, quantized or not.
+    """
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if is_quantized(model):
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if gradient_checkpointing:
+        model.enable_input_require_grads()
+    try:
+        return get_peft_model(model, lora_config(cfg))
+    except ValueError as error:  # peft: "Target modules {...} not found in the base model"
+        raise AdapterError(f"adapter.target_modules: {error}") from error
+
+
+def is_quantized(model: Any) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def load(model: Any, adapter_dir: Path, name: str = "default") -> Any:
+    """Put a saved adapter on a base model (for evaluation; weights frozen)."""
+    from peft import PeftModel
+
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise AdapterError(f"{adapter_dir} is not an adapter folder (no adapter_config.json)")
+    return PeftModel.from_pretrained(model, adapter_dir, adapter_name=name, is_trainable=False)
+
+
+def lora_snapshot(model: Any) -> dict[str, torch.Tensor]:
+    """A copy of every LoRA weight, to prove after training that they moved."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
+
+
+def assert_moved(before: dict[str, torch.Tensor], model: Any) -> float:
+    """Raise if any LoRA B matrix is unchanged by training; return the mean absolute change.
+
+    B starts at zero and gets a gradient from the first step (A only once B is non-zero), so an
+    unchanged B means that layer learnt nothing: frozen by mistake, a zero learning rate, or no
+    trained tokens. Such a run otherwise looks like a success that merely "did not help".
+    """
+    after = dict(model.named_parameters())
+    b_matrices = [name for name in before if "lora_B" in name]
+    stuck = [name for name in b_matrices if torch.equal(before[name], after[name].detach())]
+    if stuck:
+        raise AdapterError(
+            f"{len(stuck)} of {len(b_matrices)} LoRA B matrices did not change during training (e.g. {stuck[0]}); "
+            "check train.learning_rate (and warmup on very short runs) and that examples have trained tokens"
+        )
+    changes = [(after[name].detach().float() - old.float()).abs().mean() for name, old in before.items()]
+    return float(torch.stack(changes).mean())

@@ -1,0 +1,9 @@
+"""The one base class for errors a user can act on.
+
+Every room raises its own subclass; the CLI turns any `FtkitError` into a one-line message and
+exit code 2, so a traceback means a bug in ftkit, never bad input.
+"""
+
+
+class FtkitError(Exception):
+    """An error caused by the user's input or environment, with a message that says how to fix it."""

@@ -1,0 +1,57 @@
+"""Batched, streamed inference primitives that tasks build their `predict` on.
+
+Nothing here keeps logits beyond one batch: the Trainer's evaluation loop accumulates
+`[examples x sequence x vocab]` logits and is the reason evaluation runs out of memory where
+training fit. Here memory depends on the batch size, not on the size of the evaluation set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ftkit.tasks.base import IGNORE_INDEX, Encoded
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Left-pad token rows so that they all end at the same position.
+
+    Position ids are counted from each row's first real token; without them rotary models
+    would see the padding as context and score a left-padded row differently from an unpadded one.
+    """
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, width - len(row) :] = 1
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": attention_mask.to(device),
+        "position_ids": position_ids.to(device),
+    }
+
+
+@torch.inference_mode()
+def score_completions(model: Any, pad_id: int, encoded: Sequence[Encoded]) -> list[float]:
+    """Sum of log-probabilities of each sequence's labelled tokens, in one forward pass.
+
+    Labelled tokens must form the tail of each sequence (prompt, then completion). Left padding
+    aligns those tails, so the LM head is applied only to the last few positions
+    (`logits_to_keep`) instead of the whole sequence: the vocabulary projection of a 100-token
+    prompt is skipped entirely.
+    """
+    device = next(model.parameters()).device
+    batch = left_pad([e.input_ids for e in encoded], pad_id, device)
+    labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+    for i, e in enumerate(encoded):
+        labels[i, labels.shape[1] - len(e.labels) :] = torch.tensor(e.labels, device=device)
+    tail = max(e.trained_tokens for e in encoded)
+    logits = model(**batch, logits_to_keep=tail + 1, use_cache=False).logits[:, :-1].float()
+    targets = labels[:, -tail:]
+    logprobs = torch.log_softmax(logits, dim=-1)
+    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * (targets != IGNORE_INDEX)).sum(-1).tolist()

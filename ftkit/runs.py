@@ -1,0 +1,150 @@
+"""The run directory: the unit of everything after training, and how files get into it safely.
+
+```
+runs/<name>/
+  recipe.yaml        fully resolved recipe (absolute paths, all defaults)
+  train_log.jsonl    one JSON object per logged step
+  checkpoints/       Trainer checkpoints (adapter + optimizer state), for --resume
+  adapter/           the final LoRA adapter (peft format, safetensors) + tokenizer
+  metrics.json       held-out metrics, base vs adapter
+  predictions.jsonl  per-example predictions
+  report.md          human-readable summary
+```
+Files are written to a temporary sibling and renamed into place, so a crash never leaves a
+half-written file or folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from ftkit.errors import FtkitError
+
+
+class RunError(FtkitError):
+    """A run directory that cannot be created, resumed or locked."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @property
+    def recipe(self) -> Path:
+        return self.path / "recipe.yaml"
+
+    @property
+    def train_log(self) -> Path:
+        return self.path / "train_log.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.path / "predictions.jsonl"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.md"
+
+    def last_checkpoint(self) -> Path | None:
+        """The newest complete Trainer checkpoint (Trainer writes `trainer_state.json` last)."""
+        done = [p for p in self.checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+        return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def prepare(path: Path, *, overwrite: bool, resume: bool) -> RunDir:
+    """Create the run directory, refusing to clobber an earlier run unless asked."""
+    run = RunDir(path)
+    exists = path.exists() and any(path.iterdir())
+    if resume:
+        if run.last_checkpoint() is None:
+            raise RunError(f"{path}: no complete checkpoint to resume from; start without --resume")
+        return run
+    if exists and not overwrite:
+        raise RunError(f"{path} already exists; pass --overwrite to replace it or --resume to continue it")
+    if exists:
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+@contextmanager
+def locked(run: RunDir) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory, so two processes never write into one run."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    with open(run.path / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{run.path} is in use by another ftkit process; wait for it or choose another output.dir") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a file atomically: a temporary sibling, fsync, then rename over the target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+@contextmanager
+def staged_dir(target: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `target`; on success it replaces `target` in one rename."""
+    stage = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        yield stage
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+            stage.rename(target)
+            shutil.rmtree(old)
+        else:
+            stage.rename(target)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def append_jsonl(handle: TextIO, row: dict[str, Any]) -> None:
+    handle.write(json.dumps(row) + "\n")
+    handle.flush()

@@ -1,0 +1,138 @@
+"""The task protocol: the one extension point of ftkit.
+
+A task says how a data row becomes a training example, how the model predicts for evaluation,
+and which metrics judge the predictions. Everything else (loading, training, reporting) is
+task-agnostic, so adding a task means adding one module under `ftkit/tasks/` that defines a
+`Task` subclass decorated with `@register`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ftkit.errors import FtkitError
+
+IGNORE_INDEX = -100  # label value that transformers' cross-entropy skips
+
+
+class RowError(FtkitError):
+    """A data row that cannot become an example (missing field, empty text, unknown label)."""
+
+
+class TaskOptions(BaseModel):
+    """Base of each task's `task:` section in the recipe; subclasses add a `name` literal."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One row made ready for training and evaluation.
+
+    `prompt` carries no loss; `completion` is what the model learns to produce (the tokenizer's
+    EOS is appended when encoding). `reference` is what metrics compare predictions with.
+    """
+
+    prompt: str
+    completion: str
+    reference: Any
+    where: str  # "file:row", for error messages
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    prompt_truncated: bool
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+Progress = Callable[[int], None]  # called with the number of examples just finished
+
+
+class Task(ABC):
+    """A kind of work the model is adapted for. Subclasses set the class variables below."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[TaskOptions]]
+    columns: ClassVar[tuple[str, ...]]  # canonical column names a row may carry
+    metrics: ClassVar[tuple[str, ...]]  # names of ftkit.metrics modules; the first is primary
+
+    def __init__(self, options: TaskOptions, max_length: int) -> None:
+        self.options = options
+        self.max_length = max_length  # data.max_length: training and evaluation truncate alike
+
+    @abstractmethod
+    def make_example(self, row: Mapping[str, Any], where: str) -> Example:
+        """Turn a row (already column-mapped) into an example, or raise `RowError`."""
+
+    def encode(self, example: Example, tokenizer: Any) -> Encoded:
+        """Tokenise prompt + completion + EOS with loss on the completion and EOS only."""
+        return encode_prompt_completion(tokenizer, example.prompt, example.completion, self.max_length)
+
+    @abstractmethod
+    def predict(
+        self, model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int, progress: Progress
+    ) -> list[Any]:
+        """Predict for each example, in order, without holding logits for the whole set."""
+
+    @abstractmethod
+    def score(self, predictions: Sequence[Any], examples: Sequence[Example]) -> dict[str, float]:
+        """Corpus-level metrics, keyed by metric name."""
+
+
+def encode_prompt_completion(tokenizer: Any, prompt: str, completion: str, max_length: int) -> Encoded:
+    """Encode with loss on the completion and the EOS that ends it.
+
+    EOS is appended by id, never by text, and carries loss: the pad token is distinct from EOS
+    (see `ftkit.models.load_tokenizer`), so the collator's padding mask cannot hide it.
+    When the pair is too long, tokens are cut from the middle of the prompt (its head holds the
+    instruction, its tail the cue right before the answer); the completion is never cut.
+    """
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    budget = max_length - len(completion_ids)
+    if budget < 1:
+        raise RowError(
+            f"the completion alone is {len(completion_ids)} tokens, over data.max_length={max_length}; "
+            "raise data.max_length"
+        )
+    truncated = len(prompt_ids) > budget
+    if truncated:
+        head = budget // 2
+        prompt_ids = prompt_ids[:head] + prompt_ids[len(prompt_ids) - (budget - head):]
+    return Encoded(
+        input_ids=prompt_ids + completion_ids,
+        labels=[IGNORE_INDEX] * len(prompt_ids) + completion_ids,
+        prompt_truncated=truncated,
+    )
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def render(template: str, row: Mapping[str, Any], where: str) -> str:
+    """Fill a `{field}` prompt template, naming the missing field if the template asks for one."""
+    try:
+        return template.format_map(row)
+    except KeyError as missing:
+        raise RowError(f"{where}: the prompt template uses {missing} but the row has no such field") from None
+
+
+_REGISTRY: dict[str, type[Task]] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    """Class decorator that makes a task available to recipes under `task.name`."""
+    _REGISTRY[cls.name] = cls
+    return cls

@@ -1,0 +1,92 @@
+"""Sentiment (or any single-label text classification): text in, one label word out.
+
+Prediction scores every label option by its log-likelihood after the prompt rather than
+generating freely, so a base model that would ramble still gets a fair score, and the
+prediction is always one of the labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from ftkit.inference import score_completions
+from ftkit.metrics import compute
+from ftkit.tasks.base import Example, Progress, RowError, Task, TaskOptions, batches, encode_prompt_completion, register, render
+
+
+class SentimentOptions(TaskOptions):
+    name: Literal["sentiment"]
+    labels: list[str] = Field(
+        default=["negative", "positive"],
+        description="The label words, in order; integer labels in the data index this list.",
+    )
+    prompt_template: str = Field(
+        default="Review: {text}\nSentiment:",
+        description="Python format string over the row's columns; the label word follows it after a space.",
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, labels: list[str]) -> list[str]:
+        if len(labels) < 2 or len(set(labels)) != len(labels) or not all(label.strip() for label in labels):
+            raise ValueError("needs at least two distinct, non-empty label words")
+        return labels
+
+
+@register
+class Sentiment(Task):
+    name = "sentiment"
+    Options = SentimentOptions
+    columns = ("text", "label")
+    metrics = ("accuracy", "macro_f1")
+    options: SentimentOptions
+
+    def make_example(self, row: Mapping[str, Any], where: str) -> Example:
+        text, label = row.get("text"), row.get("label")
+        if not isinstance(text, str) or not text.strip():
+            raise RowError(f"{where}: 'text' must be a non-empty string, got {text!r:.60}")
+        label = self._label_word(label, where)
+        return Example(
+            prompt=render(self.options.prompt_template, row, where),
+            completion=f" {label}",
+            reference=label,
+            where=where,
+        )
+
+    def _label_word(self, label: Any, where: str) -> str:
+        labels = self.options.labels
+        if isinstance(label, bool) or label is None:
+            raise RowError(f"{where}: 'label' is {label!r}; expected one of {labels} or an index into them")
+        if isinstance(label, int) and 0 <= label < len(labels):
+            return labels[label]
+        if isinstance(label, str) and label.strip() in labels:
+            return label.strip()
+        raise RowError(f"{where}: unknown label {label!r}; expected one of {labels} (task.labels) or 0..{len(labels) - 1}")
+
+    def predict(
+        self, model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int, progress: Progress
+    ) -> list[str]:
+        """Score all label options of a batch of examples in one forward pass; pick the most likely."""
+        labels = self.options.labels
+        predictions: list[str] = []
+        for batch in batches(examples, batch_size):
+            encoded = [
+                encode_prompt_completion(tokenizer, example.prompt, f" {label}", self.max_length)
+                for example in batch
+                for label in labels
+            ]
+            scores = score_completions(model, tokenizer.pad_token_id, encoded)
+            for i in range(len(batch)):
+                row = scores[i * len(labels) : (i + 1) * len(labels)]
+                predictions.append(labels[max(range(len(labels)), key=row.__getitem__)])
+            progress(len(batch))
+        return predictions
+
+    def score(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
+        references = [example.reference for example in examples]
+        accuracy = compute("accuracy", predictions=predictions, references=references)
+        f1 = compute("macro_f1", predictions=predictions, references=references, labels=self.options.labels)
+        return {"accuracy": accuracy["accuracy"], "macro_f1": f1["macro_f1"]}

@@ -1,0 +1,212 @@
+"""Training: the transformers `Trainer`, wired for LoRA on a (quantized) base with ftkit's guards.
+
+ftkit does not write its own loop: it gives the Trainer a collator that keeps the EOS in the
+loss, callbacks for a progress bar with tokens/s, a JSONL log and a NaN guard, and checks
+afterwards that the adapter actually moved. Loss normalisation across gradient-accumulation
+micro-batches is the Trainer's (it divides by the number of trained tokens in the whole
+accumulated batch, `num_items_in_batch`, not per micro-batch).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from ftkit import adapters
+from ftkit.data import encode_examples, load_examples
+from ftkit.errors import FtkitError
+from ftkit.models import LoadedModel, compute_dtype, load_model
+from ftkit.recipe import Recipe
+from ftkit.runs import RunDir, append_jsonl, staged_dir
+from ftkit.tasks import Task, get_task
+from ftkit.tasks.base import IGNORE_INDEX, Encoded
+
+
+class TrainingError(FtkitError):
+    """Training that cannot start or that went wrong (e.g. a NaN loss)."""
+
+
+class Collator:
+    """Right-pad a batch; padded positions get label -100. EOS is never the pad token here."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(row["input_ids"]) for row in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row["input_ids"])
+            input_ids[i, :n] = torch.tensor(row["input_ids"])
+            labels[i, :n] = torch.tensor(row["labels"])
+            attention_mask[i, :n] = 1
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def as_rows(encoded: list[Encoded]) -> list[dict[str, list[int]]]:
+    return [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
+
+
+class RunLog(TrainerCallback):
+    """Progress bar (loss, tokens/s, ETA) and one JSONL line per logged step, on the main process only."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.bar: tqdm | None = None
+        self.started = 0.0
+        self.tokens_at_start = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self.started = time.perf_counter()
+            self.tokens_at_start = state.num_input_tokens_seen
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step", dynamic_ncols=True)
+
+    def tokens_per_second(self, state: Any) -> float:
+        elapsed = time.perf_counter() - self.started
+        return (state.num_input_tokens_seen - self.tokens_at_start) / elapsed if elapsed > 0 else 0.0
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **logs}
+        row["tokens_seen"] = int(state.num_input_tokens_seen)
+        row["tokens_per_s"] = round(self.tokens_per_second(state), 1)
+        row["elapsed_s"] = round(time.perf_counter() - self.started, 2)
+        with self.run.train_log.open("a", encoding="utf-8") as handle:
+            append_jsonl(handle, row)
+        if self.bar is not None and "loss" in logs:
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+        elif self.bar is not None and "eval_loss" in logs:
+            self.bar.write(f"step {state.global_step}: validation loss {logs['eval_loss']:.4f}")
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class NanGuard(TrainerCallback):
+    """Stop at the first non-finite loss, naming the step; earlier checkpoints are left untouched."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise TrainingError(
+                f"loss became {loss} at step {state.global_step}; the last good checkpoint is kept. "
+                "Likely causes: train.learning_rate too high, or fp16 overflow (use bfloat16/float32)"
+            )
+
+
+@dataclass
+class TrainResult:
+    model: Any  # the PeftModel, adapter named "default", still in memory for evaluation
+    tokenizer: Any
+    source: str
+    steps: int
+    train_loss: float
+    tokens_per_s: float
+    wall_s: float
+    train_examples: int
+    truncated: int
+    lora_change: float
+
+
+def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool) -> TrainingArguments:
+    t = recipe.train
+    on_gpu = torch.cuda.is_available()
+    dtype = compute_dtype(recipe.model.compute_dtype)
+    if not has_validation:
+        eval_strategy = "no"
+    else:
+        eval_strategy = "steps" if t.eval_every else "epoch"
+    return TrainingArguments(
+        output_dir=str(run.checkpoints),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=recipe.eval.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.log_every,
+        logging_first_step=True,
+        eval_strategy=eval_strategy,
+        eval_steps=t.eval_every,
+        save_strategy="steps",
+        save_steps=t.save_every,
+        save_total_limit=t.keep_checkpoints,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        prediction_loss_only=True,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not on_gpu,
+        bf16=on_gpu and dtype == torch.bfloat16,
+        fp16=on_gpu and dtype == torch.float16,
+        dataloader_pin_memory=on_gpu,
+    )
+
+
+def train(recipe: Recipe, run: RunDir, *, resume: bool = False) -> TrainResult:
+    """Fine-tune the recipe's adapter; the adapter is written to `run.adapter` when done."""
+    set_seed(recipe.train.seed)
+    task: Task = get_task(recipe.task, recipe.data.max_length)
+    train_examples = load_examples(recipe, task, "train")
+    val_examples = load_examples(recipe, task, "validation") if recipe.data.validation else []
+    loaded: LoadedModel = load_model(recipe.model)
+    train_set = encode_examples(task, loaded.tokenizer, train_examples)
+    val_set = encode_examples(task, loaded.tokenizer, val_examples) if val_examples else None
+    model = adapters.attach(loaded.model, recipe.adapter, recipe.train.gradient_checkpointing)
+    before = adapters.lora_snapshot(model)
+
+    log = RunLog(run)
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(recipe, run, val_set is not None),
+        data_collator=Collator(loaded.tokenizer.pad_token_id),
+        train_dataset=as_rows(train_set.rows),
+        eval_dataset=as_rows(val_set.rows) if val_set else None,
+        processing_class=loaded.tokenizer,
+        callbacks=[log, NanGuard()],
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(run.last_checkpoint()) if resume else None)
+    wall = time.perf_counter() - started
+    change = adapters.assert_moved(before, model)
+
+    with staged_dir(run.adapter) as stage:
+        model.save_pretrained(stage)
+        loaded.tokenizer.save_pretrained(stage)
+    return TrainResult(
+        model=model,
+        tokenizer=loaded.tokenizer,
+        source=loaded.source,
+        steps=output.global_step,
+        train_loss=output.training_loss,
+        tokens_per_s=log.tokens_per_second(trainer.state),
+        wall_s=wall,
+        train_examples=len(train_examples),
+        truncated=train_set.truncated,
+        lora_change=change,
+    )

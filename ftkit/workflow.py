@@ -1,0 +1,125 @@
+"""The paths a command takes through the rooms: recipe -> run dir -> train -> evaluate -> reports.
+
+Kept apart from `cli.py` so the CLI only parses arguments, and apart from `train.py` and
+`evaluation.py` so neither needs to know about the other.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+from ftkit import adapters, evaluation, runs
+from ftkit.data import load_examples
+from ftkit.errors import FtkitError
+from ftkit.models import load_model
+from ftkit.recipe import Recipe, load_recipe
+from ftkit.tasks import get_task
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _check_resume_matches(recipe: Recipe, run: runs.RunDir) -> None:
+    """A resumed run must continue the same training, or its checkpoints mean something else."""
+    if not run.recipe.is_file():
+        return
+    import yaml
+
+    saved = yaml.safe_load(run.recipe.read_text(encoding="utf-8"))
+    current = recipe.model_dump(mode="json")
+    changed = [key for key in ("model", "adapter", "task", "data", "train") if saved.get(key) != current.get(key)]
+    if changed:
+        raise FtkitError(
+            f"--resume: the recipe's {', '.join(changed)} section(s) differ from {run.recipe}; "
+            "resume with the same settings, or start a new run with --overwrite"
+        )
+
+
+def train_and_evaluate(recipe_path: Path, overrides: list[str], *, overwrite: bool, resume: bool, evaluate: bool) -> int:
+    from ftkit.train import train
+
+    recipe = load_recipe(recipe_path, overrides)
+    run = runs.prepare(recipe.run_dir, overwrite=overwrite, resume=resume)
+    with runs.locked(run):
+        if resume:
+            _check_resume_matches(recipe, run)
+        runs.write_text(run.recipe, recipe.to_yaml())
+        print(f"run directory: {run.path}", file=sys.stderr)
+        result = train(recipe, run, resume=resume)
+        summary = {
+            "steps": result.steps,
+            "train_loss": round(result.train_loss, 4),
+            "train_examples": result.train_examples,
+            "truncated_examples": result.truncated,
+            "tokens_per_s": round(result.tokens_per_s, 1),
+            "train_wall_s": round(result.wall_s, 1),
+            "peak_rss_mb": round(peak_rss_mb()),
+            "lora_mean_abs_change": result.lora_change,
+        }
+        print(
+            f"trained {summary['steps']} steps in {summary['train_wall_s']} s: final loss {summary['train_loss']}, "
+            f"{summary['tokens_per_s']} tokens/s, peak memory {summary['peak_rss_mb']} MB; adapter -> {run.adapter}"
+        )
+        if not evaluate:
+            return 0
+        task = get_task(recipe.task, recipe.data.max_length)
+        examples = _eval_examples(recipe, task, recipe.eval.split, None)
+        report = evaluation.evaluate(
+            task, result.model, result.tokenizer, examples, {"adapter": "default"}, recipe.eval, split=recipe.eval.split
+        )
+        report.training = summary | {"peak_rss_mb": round(peak_rss_mb())}
+        evaluation.write_reports(report, run.path)
+        print(evaluation.render_table(report))
+        print(f"reports: {run.metrics}, {run.report}, {run.predictions}")
+    return 0
+
+
+def _eval_examples(recipe: Recipe, task: Any, split: str, data: Path | None) -> list[Any]:
+    examples = load_examples(recipe, task, split, path=data)
+    return examples[: recipe.eval.max_examples] if recipe.eval.max_examples else examples
+
+
+def evaluate_adapters(
+    recipe_path: Path, overrides: list[str], *, adapters: list[Path], split: str | None, data: Path | None, out: Path | None
+) -> int:
+    recipe = load_recipe(recipe_path, overrides)
+    split = split or recipe.eval.split
+    task = get_task(recipe.task, recipe.data.max_length)
+    if data is not None and not data.is_file():
+        raise FtkitError(f"--data {data}: file not found")
+    examples = _eval_examples(recipe, task, split, data)
+    loaded = load_model(recipe.model)
+    model, names = _stack_adapters(loaded.model, adapters)
+    report = evaluation.evaluate(task, model, loaded.tokenizer, examples, names, recipe.eval, split=str(data or split))
+    out = out or recipe.run_dir / "eval"
+    evaluation.write_reports(report, out)
+    print(evaluation.render_table(report))
+    print(f"reports: {out}/metrics.json, {out}/report.md, {out}/predictions.jsonl")
+    return 0
+
+
+def _stack_adapters(model: Any, folders: list[Path]) -> tuple[Any, dict[str, str]]:
+    """Load every adapter onto one base model (switched per system), named by its folder."""
+    names: dict[str, str] = {}
+    for i, folder in enumerate(folders):
+        label = _label(folder, names)
+        internal = f"a{i}"
+        if i == 0:
+            model = adapters.load(model, folder, name=internal)
+        else:
+            if not (folder / "adapter_config.json").is_file():
+                raise adapters.AdapterError(f"{folder} is not an adapter folder (no adapter_config.json)")
+            model.load_adapter(folder, adapter_name=internal, is_trainable=False)
+        names[label] = internal
+    return model, names
+
+
+def _label(folder: Path, taken: dict[str, str]) -> str:
+    """A readable name for an adapter: its run's name when it sits in runs/<name>/adapter."""
+    label = folder.parent.name if folder.name == "adapter" else folder.name
+    return label if label not in taken else f"{label}-{len(taken)}"
