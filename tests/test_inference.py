@@ -1,0 +1,48 @@
+"""Batched label scoring equals one-at-a-time scoring, and predicts the likeliest label."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from ftkit.inference import score_completions
+from ftkit.tasks import get_task
+from ftkit.tasks.base import encode_prompt_completion
+from ftkit.tasks.sentiment import SentimentOptions
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
+def _full_sequence_logprob(model, encoded) -> float:
+    """Reference computation: full logits over the whole unpadded sequence."""
+    ids = torch.tensor([encoded.input_ids])
+    logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    targets = torch.tensor(encoded.labels[1:])
+    keep = targets != -100
+    return float(logprobs[keep].gather(-1, targets[keep].unsqueeze(-1)).sum())
+
+
+def test_left_padded_batch_scores_equal_single_sequences(tiny, tokenizer) -> None:
+    prompts = ["Review: short\nSentiment:", "Review: a much longer review about a toaster that burnt bread\nSentiment:"]
+    encoded = [encode_prompt_completion(tokenizer, p, c, 64) for p in prompts for c in (" negative", " very positive")]
+    batched = score_completions(tiny, tokenizer.pad_token_id, encoded)
+    single = [_full_sequence_logprob(tiny, e) for e in encoded]
+    assert batched == pytest.approx(single, abs=1e-4)
+
+
+def test_predict_picks_the_highest_scoring_label(tiny, tokenizer) -> None:
+    task = get_task(SentimentOptions(name="sentiment", labels=["negative", "positive"]), max_length=64)
+    examples = [task.make_example({"text": t, "label": "positive"}, f"f:row {i}") for i, t in enumerate(["good", "bad", "meh"])]
+    seen = []
+    predictions = task.predict(tiny, tokenizer, examples, batch_size=2, progress=seen.append)
+    assert seen == [2, 1]
+    for example, prediction in zip(examples, predictions):
+        scores = [
+            _full_sequence_logprob(tiny, encode_prompt_completion(tokenizer, example.prompt, f" {label}", 64))
+            for label in ("negative", "positive")
+        ]
+        assert prediction == ("negative", "positive")[scores.index(max(scores))]
