@@ -147,6 +147,10 @@ def load_tokenizer(source: str, cfg: ModelConfig) -> Any:
     return tokenizer
 
 
+def _offline_hub_id(source: str) -> bool:
+    return not Path(source).exists() and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+
+
 @dataclass
 class LoadedModel:
     model: Any
@@ -161,9 +165,9 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     source = resolve_source(cfg.source)
     if cfg.trust_remote_code:
         log.warning("trust_remote_code is on: code from %s will run on this machine", source)
-    tokenizer = load_tokenizer(source, cfg)
     quant = quantization_config(cfg)
     try:
+        tokenizer = load_tokenizer(source, cfg)
         model = AutoModelForCausalLM.from_pretrained(
             source,
             revision=cfg.revision,
@@ -173,8 +177,9 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
             use_safetensors=True,
             device_map={"": 0} if quant is not None and torch.cuda.is_available() else None,
         )
-    except OSError as error:
-        raise ModelError(f"cannot load model '{cfg.source}': {str(error).splitlines()[0]}") from error
+    except (OSError, ValueError) as error:  # missing files, no network for a hub id, unknown format
+        hint = "; it is not a local folder, and hub ids need a network (HF_HUB_OFFLINE is set)" if _offline_hub_id(source) else ""
+        raise ModelError(f"cannot load model '{cfg.source}': {str(error).splitlines()[0]}{hint}") from error
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.generation_config.pad_token_id = tokenizer.pad_token_id

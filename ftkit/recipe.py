@@ -167,6 +167,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Read, override and validate a recipe, or raise `RecipeError` listing every problem."""
     path = Path(path)
     raw, lines = _read_yaml(path)
+    raw = {key: {} if value is None and key in Recipe.model_fields and key != "name" else value for key, value in raw.items()}
     origins = {tuple(k): str(path) + (f":{n}" if n else "") for k, n in lines.items()}
     for override in overrides:
         for keys in _apply_override(raw, override):

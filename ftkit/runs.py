@@ -75,6 +75,8 @@ class RunDir:
 def prepare(path: Path, *, overwrite: bool, resume: bool) -> RunDir:
     """Create the run directory, refusing to clobber an earlier run unless asked."""
     run = RunDir(path)
+    if path.exists() and not path.is_dir():
+        raise RunError(f"output.dir {path} is a file; choose a folder for the run")
     exists = path.exists() and any(path.iterdir())
     if resume:
         if run.last_checkpoint() is None:
