@@ -46,9 +46,7 @@ def attach(model: Any, cfg: AdapterConfig, gradient_checkpointing: bool) -> Any:
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     elif gradient_checkpointing:
-        # transformers 5.x renamed gradient_checkpointing_enable; accept both spellings.
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if gradient_checkpointing:
         model.enable_input_require_grads()
     try:
