@@ -33,6 +33,7 @@ class SystemResult:
     predictions: list[Any]
     metrics: dict[str, Interval]
     seconds: float
+    example_scores: list[float] = field(default_factory=list)  # the task's per-example quality
 
     @property
     def examples_per_s(self) -> float:
@@ -46,10 +47,15 @@ class Comparison:
     difference: float
     p_value: float
     test: str
+    lower_is_better: bool = False
 
     @property
     def significant(self) -> bool:
         return self.p_value < ALPHA
+
+    @property
+    def improved(self) -> bool:
+        return self.difference < 0 if self.lower_is_better else self.difference > 0
 
 
 @dataclass
@@ -108,7 +114,8 @@ def evaluate(
         intervals = {
             metric: bootstrap_ci(rows, _statistic(task, metric), n_resamples=cfg.bootstrap, seed=0) for metric in metric_names
         }
-        systems.append(SystemResult(name=name, predictions=predictions, metrics=intervals, seconds=seconds))
+        scores = [task.example_score(p, e) for p, e in rows]
+        systems.append(SystemResult(name, predictions, intervals, seconds, scores))
     comparisons = [
         _compare(task, systems[0], system, metric, examples, cfg.bootstrap) for system in systems[1:] for metric in metric_names
     ]
@@ -132,16 +139,17 @@ def _statistic(task: Task, metric: str) -> Any:
 
 
 def _compare(task: Task, base: SystemResult, other: SystemResult, metric: str, examples: list[Example], resamples: int) -> Comparison:
+    """McNemar's exact test for accuracy (paired right/wrong), a paired bootstrap for the rest."""
+    lower = metric in task.lower_is_better
     if metric == "accuracy":
-        correct = [[p == e.reference for p, e in zip(s.predictions, examples)] for s in (base, other)]
-        result = mcnemar(correct[0], correct[1])
+        result = mcnemar([s == 1.0 for s in base.example_scores], [s == 1.0 for s in other.example_scores])
         difference = other.metrics[metric].point - base.metrics[metric].point
-        return Comparison(other.name, metric, difference, result.p_value, "McNemar exact")
+        return Comparison(other.name, metric, difference, result.p_value, "McNemar exact", lower)
     paired = paired_bootstrap(
         list(zip(base.predictions, examples)), list(zip(other.predictions, examples)), _statistic(task, metric),
         n_resamples=resamples, seed=0,
     )
-    return Comparison(other.name, metric, paired.difference, paired.p_value, "paired bootstrap")
+    return Comparison(other.name, metric, paired.difference, paired.p_value, "paired bootstrap", lower)
 
 
 def to_json(report: EvalReport) -> dict[str, Any]:
@@ -208,7 +216,7 @@ def render_markdown(report: EvalReport) -> str:
     out += ["", "## Is the adapter better?", ""]
     for c in report.comparisons:
         if c.significant:
-            word = "better" if c.difference > 0 else "worse"
+            word = "better" if c.improved else "worse"
             out.append(f"- **{c.system}** is {word} than the base on {c.metric} by {c.difference:+.3f} (p = {c.p_value:.3g}, {c.test}).")
         else:
             out.append(f"- **{c.system}** vs base on {c.metric}: {c.difference:+.3f}, **not significant** (p = {c.p_value:.3g}, {c.test}); "
@@ -224,24 +232,33 @@ def render_markdown(report: EvalReport) -> str:
 
 def _changed_examples(report: EvalReport, system: SystemResult, limit: int = 5) -> list[str]:
     base = report.system(BASE)
-    fixed, broke = [], []
-    for example, before, after in zip(report.examples, base.predictions, system.predictions):
-        was, now = before == example.reference, after == example.reference
-        if now and not was:
-            fixed.append((example, before, after))
-        elif was and not now:
-            broke.append((example, before, after))
+    changes = sorted(
+        zip(report.examples, base.predictions, system.predictions, base.example_scores, system.example_scores),
+        key=lambda row: abs(row[4] - row[3]),
+        reverse=True,
+    )
+    fixed = [(e, before, after) for e, before, after, was, now in changes if now > was]
+    broke = [(e, before, after) for e, before, after, was, now in changes if now < was]
     out: list[str] = []
     for title, items in ((f"Examples {system.name} fixed", fixed), (f"Examples {system.name} broke", broke)):
         out += ["", f"## {title} ({len(items)} in all)", ""]
-        out += [f"- `{e.where}`: {json.dumps(e.prompt[-160:])} → reference {e.reference!r}, base {b!r}, {system.name} {a!r}"
-                for e, b, a in items[:limit]] or ["- none"]
+        out += [f"- `{e.where}`: {json.dumps(_shown_input(e)[-160:])} → reference {e.reference!r:.120}, "
+                f"base {_shown(b)!r:.120}, {system.name} {_shown(a)!r:.120}" for e, b, a in items[:limit]] or ["- none"]
     return out
+
+
+def _shown_input(example: Example) -> str:
+    return example.messages[-2]["content"] if example.messages else example.prompt
+
+
+def _shown(prediction: Any) -> Any:
+    return prediction["reply"] if isinstance(prediction, dict) and "reply" in prediction else prediction
 
 
 def prediction_rows(report: EvalReport) -> list[dict[str, Any]]:
     return [
-        {"where": e.where, "input": e.prompt, "reference": e.reference, **{s.name: s.predictions[i] for s in report.systems}}
+        {"where": e.where, "input": list(e.messages) if e.messages else e.prompt, "reference": e.reference,
+         **{s.name: s.predictions[i] for s in report.systems}}
         for i, e in enumerate(report.examples)
     ]
 

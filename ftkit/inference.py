@@ -55,3 +55,25 @@ def score_completions(model: Any, pad_id: int, encoded: Sequence[Encoded]) -> li
     logprobs = torch.log_softmax(logits, dim=-1)
     picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (picked * (targets != IGNORE_INDEX)).sum(-1).tolist()
+
+
+@torch.inference_mode()
+def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[str]:
+    """Greedy continuation of a batch of tokenised prompts, stopping at EOS; returns the new text.
+
+    Left padding with an attention mask and the KV cache of `generate`: one batched decode, and
+    the continuation of a prompt does not depend on what else is in its batch.
+    """
+    device = next(model.parameters()).device
+    batch = left_pad(prompts, tokenizer.pad_token_id, device)
+    batch.pop("position_ids")  # generate derives them from the attention mask
+    output = model.generate(
+        **batch,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    new_tokens = output[:, batch["input_ids"].shape[1] :]
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]

@@ -42,6 +42,7 @@ class Example:
     completion: str
     reference: Any
     where: str  # "file:row", for error messages
+    messages: tuple[dict[str, str], ...] | None = None  # whole conversation, for chat tasks
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ class Task(ABC):
     name: ClassVar[str]
     Options: ClassVar[type[TaskOptions]]
     columns: ClassVar[tuple[str, ...]]  # canonical column names a row may carry
-    metrics: ClassVar[tuple[str, ...]]  # names of ftkit.metrics modules; the first is primary
+    metrics: ClassVar[tuple[str, ...]]  # keys of what `score` returns; the first is the primary metric
+    lower_is_better: ClassVar[frozenset[str]] = frozenset()  # metrics where smaller is better (perplexity)
 
     def __init__(self, options: TaskOptions, max_length: int) -> None:
         self.options = options
@@ -88,6 +90,10 @@ class Task(ABC):
     def score(self, predictions: Sequence[Any], examples: Sequence[Example]) -> dict[str, float]:
         """Corpus-level metrics, keyed by metric name."""
 
+    def example_score(self, prediction: Any, example: Example) -> float:
+        """How good one prediction is (higher is better), to list what an adapter fixed or broke."""
+        return float(prediction == example.reference)
+
 
 def encode_prompt_completion(tokenizer: Any, prompt: str, completion: str, max_length: int) -> Encoded:
     """Encode with loss on the completion and the EOS that ends it.
@@ -106,14 +112,20 @@ def encode_prompt_completion(tokenizer: Any, prompt: str, completion: str, max_l
             "raise data.max_length"
         )
     truncated = len(prompt_ids) > budget
-    if truncated:
-        head = budget // 2
-        prompt_ids = prompt_ids[:head] + prompt_ids[len(prompt_ids) - (budget - head):]
+    prompt_ids = truncate_middle(prompt_ids, budget)
     return Encoded(
         input_ids=prompt_ids + completion_ids,
         labels=[IGNORE_INDEX] * len(prompt_ids) + completion_ids,
         prompt_truncated=truncated,
     )
+
+
+def truncate_middle(ids: list[int], budget: int) -> list[int]:
+    """Keep the head (the instruction) and the tail (the cue before the answer) of a long prompt."""
+    if len(ids) <= budget:
+        return ids
+    head = budget // 2
+    return ids[:head] + ids[len(ids) - (budget - head) :]
 
 
 def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

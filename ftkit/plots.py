@@ -1,0 +1,208 @@
+"""PNG plots of a run: loss curves, a confusion matrix, and metric bars with confidence intervals.
+
+Rendering uses matplotlib's `Figure` with the Agg canvas directly, never `pyplot`, so importing
+this module changes no global matplotlib state (backend, open figures) for anyone else in the
+process. Each PNG is rendered in memory and written atomically (temporary sibling + rename), so
+a crash never leaves a half-written image that looks complete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 120
+CI_LABEL = "score (95% CI)"
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write a file atomically: a temporary sibling, fsync, then rename over the target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A figure with its own Agg canvas and constrained layout (labels are never cut off)."""
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, out: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    _write_bytes(out, buffer.getvalue())
+    return out
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_losses(train_log: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(training, validation) as (optimizer step, loss) pairs from a run's train_log.jsonl.
+
+    The final summary row (it has "train_loss") is skipped, as are non-finite losses and a line a
+    crash left half-written. A missing log reads as no rows.
+    """
+    train: list[tuple[int, float]] = []
+    validation: list[tuple[int, float]] = []
+    if not train_log.is_file():
+        return train, validation
+    for line in train_log.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(row, dict) or "train_loss" in row or not _finite(row.get("step")):
+            continue
+        if _finite(row.get("loss")):
+            train.append((int(row["step"]), float(row["loss"])))
+        if _finite(row.get("eval_loss")):
+            validation.append((int(row["step"]), float(row["eval_loss"])))
+    return train, validation
+
+
+def loss_curves(train_log: Path, out: Path) -> Path | None:
+    """Plot training and validation loss against optimizer step from runs/<name>/train_log.jsonl.
+
+    Returns `out`, or None (and writes nothing) when the log is missing or holds no loss rows.
+    """
+    train, validation = read_losses(train_log)
+    if not train and not validation:
+        return None
+    fig = _figure(7.0, 4.2)
+    ax = fig.add_subplot()
+    for rows, label, style in ((train, "training loss", "-"), (validation, "validation loss", "--")):
+        if rows:
+            steps, losses = zip(*rows)
+            ax.plot(steps, losses, style, marker="o", markersize=3.5, linewidth=1.6, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(f"Loss: {train_log.parent.name or train_log.name}")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return _save(fig, out)
+
+
+def confusion_matrix(labels: list[str], matrix: list[list[int]], title: str, out: Path) -> Path:
+    """Plot a confusion matrix: rows are the reference label, columns the predicted label.
+
+    Each cell is annotated with its count. Raises ValueError when `matrix` is not
+    len(labels) x len(labels).
+    """
+    n = len(labels)
+    if n == 0:
+        raise ValueError("confusion matrix: no labels given")
+    shape = f"{len(matrix)}x{'/'.join(sorted({str(len(row)) for row in matrix})) or 0}"
+    if len(matrix) != n or any(len(row) != n for row in matrix):
+        raise ValueError(
+            f"confusion matrix is {shape} but there are {n} labels ({', '.join(labels)}); "
+            f"expected {n}x{n} (rows = reference, columns = predicted)"
+        )
+    side = min(max(3.6, 1.0 + 0.7 * n), 14.0)
+    fig = _figure(side + 1.2, side)
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, cmap="Blues", vmin=0)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="examples")
+    slanted = max(map(len, labels)) > 6
+    ax.set_xticks(range(n), labels, rotation=45 if slanted else 0, ha="right" if slanted else "center")
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("reference label")
+    ax.set_title(title)
+    peak = max((max(row) for row in matrix), default=0)
+    fontsize = 11 if n <= 8 else 8
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            dark = peak > 0 and count > peak / 2
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=fontsize, color="white" if dark else "black")
+    return _save(fig, out)
+
+
+def _metric_order(systems: dict[str, dict[str, Any]]) -> list[str]:
+    order: list[str] = []
+    for system in systems.values():
+        order += [m for m in system.get("metrics", {}) if m not in order]
+    return order
+
+
+def _bars(ax: Any, systems: dict[str, dict[str, Any]], metrics: list[str], legend: bool) -> None:
+    """Grouped bars on one axes: a group per metric, a bar per system, asymmetric CI whiskers."""
+    count = len(systems)
+    width = 0.8 / count
+    for k, (name, system) in enumerate(systems.items()):
+        xs, values, below, above = [], [], [], []
+        for i, metric in enumerate(metrics):
+            interval = system.get("metrics", {}).get(metric)
+            if not interval or not _finite(interval.get("value")):
+                continue
+            value = float(interval["value"])
+            low = float(interval.get("ci_low", value))
+            high = float(interval.get("ci_high", value))
+            xs.append(i - 0.4 + width * (k + 0.5))
+            values.append(value)
+            below.append(max(0.0, value - low))
+            above.append(max(0.0, high - value))
+        bars = ax.bar(xs, values, width * 0.92, yerr=[below, above], capsize=4, label=name,
+                      error_kw={"elinewidth": 1.2, "ecolor": "0.2"})
+        ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], padding=2, fontsize=8,
+                     label_type="center", color="white", fontweight="bold")
+    ax.set_xticks(range(len(metrics)), metrics)
+    ax.set_ylabel(CI_LABEL)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    if legend:
+        ax.legend(title="system")
+
+
+def metric_bars(systems: dict[str, dict[str, dict[str, float]]], out: Path, title: str) -> Path:
+    """Plot grouped bars with 95 % CI whiskers from the "systems" mapping of a metrics.json.
+
+    `systems` is {system: {"metrics": {metric: {"value", "ci_low", "ci_high"}}, ...}}. Metrics that
+    all lie in 0..1 share one axes (0..1); a metric on another scale (chrF 0..100, perplexity)
+    gets its own panel so it does not flatten the others.
+    """
+    if not systems:
+        raise ValueError("metric bars: no systems given")
+    metrics = _metric_order(systems)
+    if not metrics:
+        raise ValueError(f"metric bars: systems {', '.join(systems)} have no metrics")
+
+    def unit(metric: str) -> bool:
+        bounds = [
+            float(v) for s in systems.values() for k, v in s.get("metrics", {}).get(metric, {}).items()
+            if k in ("value", "ci_low", "ci_high") and _finite(v)
+        ]
+        return all(0.0 <= b <= 1.0 for b in bounds)
+
+    panels = [[m for m in metrics if unit(m)]] if any(unit(m) for m in metrics) else []
+    panels += [[m] for m in metrics if not unit(m)]
+    width = max(5.0, sum(1.2 + 0.35 * len(systems) * len(p) for p in panels) + 1.5)
+    fig = _figure(min(width, 16.0), 4.6)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for index, (ax, panel) in enumerate(zip(axes, panels)):
+        _bars(ax, systems, panel, legend=index == 0)
+        if all(unit(m) for m in panel):
+            ax.set_ylim(0, 1.05)
+        if len(panels) > 1 and index > 0:
+            ax.set_ylabel("")
+    fig.suptitle(title)
+    return _save(fig, out)

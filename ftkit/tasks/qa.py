@@ -1,0 +1,74 @@
+"""Question answering: a question (with or without a context passage) in, a short answer out.
+
+Prediction is greedy generation that stops at EOS (the trained end of an answer) or a newline.
+Metrics are SQuAD-style exact match and token F1, each the best over the acceptable answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ftkit.inference import generate_greedy
+from ftkit.metrics import compute
+from ftkit.tasks.base import Example, Progress, RowError, Task, TaskOptions, batches, register, render, truncate_middle
+
+
+class QAOptions(TaskOptions):
+    name: Literal["qa"]
+    prompt_template: str = Field(
+        default="Answer with a short phrase from the context.\nContext: {context}\nQuestion: {question}\nAnswer:",
+        description="used for rows with a context",
+    )
+    prompt_template_no_context: str = Field(
+        default="Answer with a short phrase.\nQuestion: {question}\nAnswer:", description="used for rows without one"
+    )
+    max_new_tokens: int = Field(default=24, ge=1, le=512, description="longest answer generated at evaluation")
+
+
+@register
+class QA(Task):
+    name = "qa"
+    Options = QAOptions
+    columns = ("question", "context", "answer")
+    metrics = ("f1", "exact_match")
+    options: QAOptions
+
+    def make_example(self, row: Mapping[str, Any], where: str) -> Example:
+        question, context = row.get("question"), row.get("context")
+        if not isinstance(question, str) or not question.strip():
+            raise RowError(f"{where}: 'question' must be a non-empty string, got {question!r:.60}")
+        if context is not None and not isinstance(context, str):
+            raise RowError(f"{where}: 'context' must be a string when present, got {type(context).__name__}")
+        answers = self._answers(row.get("answer"), where)
+        template = self.options.prompt_template if context and context.strip() else self.options.prompt_template_no_context
+        return Example(prompt=render(template, row, where), completion=f" {answers[0]}", reference=answers, where=where)
+
+    @staticmethod
+    def _answers(answer: Any, where: str) -> list[str]:
+        """One acceptable answer or several; the first is the one trained on."""
+        answers = [answer] if isinstance(answer, str) else answer
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+            raise RowError(f"{where}: 'answer' must be a non-empty string or a list of them, got {answer!r:.60}")
+        return [a.strip() for a in answers]
+
+    def predict(
+        self, model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int, progress: Progress
+    ) -> list[str]:
+        budget = self.max_length - self.options.max_new_tokens
+        predictions: list[str] = []
+        for batch in batches(examples, batch_size):
+            prompts = [truncate_middle(tokenizer(e.prompt)["input_ids"], budget) for e in batch]
+            replies = generate_greedy(model, tokenizer, prompts, self.options.max_new_tokens)
+            predictions += [reply.split("\n")[0].strip() for reply in replies]
+            progress(len(batch))
+        return predictions
+
+    def score(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
+        result = compute("squad", predictions=list(predictions), references=[e.reference for e in examples])
+        return {"f1": result["f1"], "exact_match": result["exact_match"]}
+
+    def example_score(self, prediction: str, example: Example) -> float:
+        return self.score([prediction], [example])["f1"]

@@ -1,0 +1,92 @@
+"""Chat task: loss on every assistant turn and nothing else, found from the template's own tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from ftkit.tasks import get_task
+from ftkit.tasks.base import IGNORE_INDEX, RowError
+from ftkit.tasks.chat import ChatOptions
+
+CONVERSATION = [
+    {"role": "system", "content": "You are Northwind Goods' support assistant."},
+    {"role": "user", "content": "My order NW-123456 is late."},
+    {"role": "assistant", "content": "Sorry about that! Order NW-123456 ships tomorrow."},
+    {"role": "user", "content": "Can I get a refund instead?"},
+    {"role": "assistant", "content": "Yes: the refund reaches your card in 5-7 business days."},
+]
+
+
+@pytest.fixture
+def chat():
+    return get_task(ChatOptions(name="chat"), max_length=512)
+
+
+def test_labels_cover_exactly_the_assistant_turns(chat, tokenizer) -> None:
+    example = chat.make_example({"messages": CONVERSATION}, "f:row 1")
+    encoded = chat.encode(example, tokenizer)
+    text = tokenizer.apply_chat_template(CONVERSATION, tokenize=False)
+    assert tokenizer.decode(encoded.input_ids) == text
+    trained_runs, current = [], []
+    for token, label in zip(encoded.input_ids, encoded.labels):
+        if label == IGNORE_INDEX:
+            if current:
+                trained_runs.append(current)
+            current = []
+        else:
+            assert label == token
+            current.append(token)
+    if current:
+        trained_runs.append(current)
+    decoded = [tokenizer.decode(run) for run in trained_runs]
+    end = tokenizer.eos_token  # <|im_end|>: ends every assistant turn and carries loss
+    assert decoded == [f"{CONVERSATION[2]['content']}{end}\n", f"{CONVERSATION[4]['content']}{end}\n"]
+    untrained = tokenizer.decode([t for t, l in zip(encoded.input_ids, encoded.labels) if l == IGNORE_INDEX])
+    assert "My order NW-123456 is late." in untrained and "refund instead" in untrained
+    assert "<|im_start|>assistant\n" in untrained, "the role header is context, not a target"
+
+
+def test_single_turn_and_system_prompt_option(tokenizer) -> None:
+    chat = get_task(ChatOptions(name="chat", system_prompt="Be brief."), max_length=512)
+    example = chat.make_example({"messages": CONVERSATION[1:3]}, "f:row 2")
+    assert example.messages[0] == {"role": "system", "content": "Be brief."}
+    encoded = chat.encode(example, tokenizer)
+    trained = tokenizer.decode([t for t, l in zip(encoded.input_ids, encoded.labels) if l != IGNORE_INDEX])
+    assert trained.startswith(CONVERSATION[2]["content"])
+
+
+def test_truncation_drops_the_oldest_tokens_and_keeps_the_last_reply(tokenizer) -> None:
+    chat = get_task(ChatOptions(name="chat"), max_length=40)
+    encoded = chat.encode(chat.make_example({"messages": CONVERSATION}, "f:row 3"), tokenizer)
+    assert len(encoded.input_ids) == 40 and encoded.prompt_truncated
+    assert CONVERSATION[4]["content"] in tokenizer.decode([t for t, l in zip(encoded.input_ids, encoded.labels) if l != -100])
+
+
+@pytest.mark.parametrize(
+    "messages, message",
+    [
+        ([], "non-empty list"),
+        ([{"role": "user", "content": "hi"}], "must end with an assistant turn"),
+        ([{"role": "assistant", "content": "hi"}], "needs a user turn"),
+        ([{"role": "customer", "content": "hi"}, {"role": "assistant", "content": "yo"}], "turn 1 must be"),
+        ([{"role": "user", "content": " "}, {"role": "assistant", "content": "yo"}], r"turn 1 \(user\) has empty content"),
+    ],
+)
+def test_malformed_conversations_name_the_row(chat, messages, message) -> None:
+    with pytest.raises(RowError, match=message) as error:
+        chat.make_example({"messages": messages}, "cs.jsonl:row 4")
+    assert "cs.jsonl:row 4" in str(error.value)
+
+
+def test_predict_generates_replies_and_scores_reference_likelihood(chat, tokenizer, tiny_model_dir) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    chat = get_task(ChatOptions(name="chat", max_new_tokens=5), max_length=512)
+    examples = [chat.make_example({"messages": CONVERSATION[: n + 1]}, f"f:row {n}") for n in (2, 4)]
+    predictions = chat.predict(model, tokenizer, examples, batch_size=2, progress=lambda n: None)
+    assert len(predictions) == 2 and all(isinstance(p["reply"], str) for p in predictions)
+    assert all(p["nll"] > 0 and p["tokens"] > 1 for p in predictions)
+    scores = chat.score(predictions, examples)
+    assert 0 <= scores["rouge_l"] <= 1 and scores["perplexity"] > 1

@@ -1,0 +1,48 @@
+"""QA task: prompts with and without context, several acceptable answers, generation, SQuAD scoring."""
+
+from __future__ import annotations
+
+import pytest
+
+from ftkit.tasks import get_task
+from ftkit.tasks.base import RowError
+from ftkit.tasks.qa import QAOptions
+
+
+@pytest.fixture
+def qa():
+    return get_task(QAOptions(name="qa"), max_length=128)
+
+
+def test_context_and_no_context_templates(qa) -> None:
+    with_context = qa.make_example({"question": "Who?", "context": "Ana did it.", "answer": "Ana"}, "f:row 1")
+    assert "Context: Ana did it." in with_context.prompt and with_context.completion == " Ana"
+    without = qa.make_example({"question": "Capital of France?", "answer": ["Paris", "paris, France"]}, "f:row 2")
+    assert "Context" not in without.prompt and without.reference == ["Paris", "paris, France"]
+
+
+@pytest.mark.parametrize("answer", [None, "", [], ["ok", ""], 3])
+def test_bad_answers_name_the_row(qa, answer) -> None:
+    with pytest.raises(RowError, match="f.jsonl:row 9: 'answer'"):
+        qa.make_example({"question": "Q?", "answer": answer}, "f.jsonl:row 9")
+
+
+def test_score_is_best_over_acceptable_answers(qa) -> None:
+    examples = [qa.make_example({"question": "When?", "answer": ["1998", "in 1998"]}, "f:row 1"),
+                qa.make_example({"question": "Who?", "answer": "Dr. Ana Ruiz"}, "f:row 2")]
+    scores = qa.score(["In 1998.", "Ana Ruiz"], examples)
+    assert scores["exact_match"] == pytest.approx(0.5)
+    assert scores["f1"] == pytest.approx((1.0 + 2 * (2 / 3 * 1.0) / (2 / 3 + 1.0)) / 2)
+    assert qa.example_score("the 1998", examples[0]) == 1.0
+
+
+def test_predict_returns_one_line_per_example(qa, tokenizer, tiny_model_dir) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    examples = [qa.make_example({"question": f"Q{i}?", "context": "Some text.", "answer": "x"}, f"f:row {i}") for i in range(3)]
+    predictions = qa.predict(model, tokenizer, examples, batch_size=2, progress=lambda n: None)
+    assert len(predictions) == 3 and all("\n" not in p for p in predictions)
+    # Batched generation is independent of batch composition.
+    assert qa.predict(model, tokenizer, examples[2:], batch_size=1, progress=lambda n: None) == predictions[2:]
