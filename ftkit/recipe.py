@@ -8,6 +8,7 @@ probably meant, so a user fixes a recipe in one pass instead of one traceback at
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -97,8 +98,27 @@ class DataConfig(Section):
         default_factory=dict, description="task column -> column in the files, e.g. {text: review_body}"
     )
     max_length: int = Field(default=256, ge=8, le=131072, description="tokens per example, prompt + completion")
+    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "lines"] = Field(
+        default="auto", description="'auto' picks by file extension; 'lines' parses each text line with line_pattern"
+    )
+    line_pattern: str | None = Field(
+        default=None, description="for format 'lines': a regex whose named groups become columns, e.g. '^(?P<label>[01]) (?P<text>.*)$'"
+    )
 
     _paths = field_validator("train", "validation", "test")(_resolve_path)
+
+    @model_validator(mode="after")
+    def _line_pattern(self) -> DataConfig:
+        if self.format == "lines":
+            if not self.line_pattern:
+                raise ValueError("data.format 'lines' needs data.line_pattern, a regex with named groups")
+            try:
+                groups = re.compile(self.line_pattern).groupindex
+            except re.error as error:
+                raise ValueError(f"data.line_pattern is not a valid regex: {error}") from None
+            if not groups:
+                raise ValueError("data.line_pattern needs named groups, e.g. (?P<text>.*)")
+        return self
 
 
 class TrainConfig(Section):

@@ -62,8 +62,10 @@ def test_bad_row_is_named_by_file_and_row(tmp_path) -> None:
     "name, content, message",
     [
         ("empty.jsonl", b"", "the file is empty"),
-        ("junk.jsonl", b'{"text": "a", "label": "positive"}\n{not json\n', "cannot read as json"),
-        ("data.txt", b"hello", "unsupported file type '.txt'"),
+        ("junk.jsonl", b'{"text": "a", "label": "positive"}\n{not json\n', "junk.jsonl:line 2: cannot read as jsonl"),
+        ("list.jsonl", b'[1, 2]\n', "expected one JSON object per line"),
+        ("latin1.jsonl", '{"text": "caf\u00e9"}'.encode("latin-1"), "not UTF-8"),
+        ("data.txt", b"hello", "cannot tell the format from '.txt'; set data.format"),
     ],
 )
 def test_unreadable_files_are_clear_errors(tmp_path, name, content, message) -> None:
@@ -72,3 +74,31 @@ def test_unreadable_files_are_clear_errors(tmp_path, name, content, message) -> 
     with pytest.raises(DataError, match=message) as error:
         read_rows(path)
     assert str(path) in str(error.value)
+
+
+def test_lines_format_parses_sst2_style_text_with_a_regex(tmp_path) -> None:
+    path = tmp_path / "stsa.binary.dev"
+    path.write_text("1 a gorgeous , witty film .\n\n0 it 's a mess .\n")
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text(yaml.safe_dump({
+        "task": {"name": "sentiment"},
+        "data": {"train": str(path), "test": str(path), "format": "lines", "line_pattern": r"^(?P<label>[01]) (?P<text>.*)$"},
+    }))
+    recipe = load_recipe(recipe_path)
+    examples = load_examples(recipe, get_task(recipe.task, 64), "test")
+    assert [e.reference for e in examples] == ["positive", "negative"]
+    path.write_text("1 fine\nbroken line\n")
+    with pytest.raises(DataError, match="stsa.binary.dev:line 2: does not match data.line_pattern"):
+        load_examples(recipe, get_task(recipe.task, 64), "test")
+
+
+def test_tsv_is_read_with_tabs(tmp_path) -> None:
+    path = tmp_path / "d.tsv"
+    path.write_text("label\ttext_a\n1\tgood, really\n0\tbad\n")
+    assert read_rows(path) == [{"label": 1, "text_a": "good, really"}, {"label": 0, "text_a": "bad"}]
+
+
+def test_jsonl_keeps_strings_that_look_like_numbers(tmp_path) -> None:
+    path = tmp_path / "qa.jsonl"
+    path.write_text('{"question": "When?", "answer": ["in 1812", "1812"]}\n{"question": "Year?", "answer": "1812"}\n')
+    assert read_rows(path)[1]["answer"] == "1812"

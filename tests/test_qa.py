@@ -21,7 +21,7 @@ def test_context_and_no_context_templates(qa) -> None:
     assert "Context" not in without.prompt and without.reference == ["Paris", "paris, France"]
 
 
-@pytest.mark.parametrize("answer", [None, "", [], ["ok", ""], 3])
+@pytest.mark.parametrize("answer", [None, "", [], ["ok", ""], {"text": "x"}, True])
 def test_bad_answers_name_the_row(qa, answer) -> None:
     with pytest.raises(RowError, match="f.jsonl:row 9: 'answer'"):
         qa.make_example({"question": "Q?", "answer": answer}, "f.jsonl:row 9")

@@ -49,8 +49,9 @@ class QA(Task):
     @staticmethod
     def _answers(answer: Any, where: str) -> list[str]:
         """One acceptable answer or several; the first is the one trained on."""
-        answers = [answer] if isinstance(answer, str) else answer
-        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+        answers = answer if isinstance(answer, list) else [answer]
+        answers = [str(a) if isinstance(a, (int, float)) and not isinstance(a, bool) else a for a in answers]
+        if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
             raise RowError(f"{where}: 'answer' must be a non-empty string or a list of them, got {answer!r:.60}")
         return [a.strip() for a in answers]
 

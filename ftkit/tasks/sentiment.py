@@ -60,6 +60,8 @@ class Sentiment(Task):
         labels = self.options.labels
         if isinstance(label, bool) or label is None:
             raise RowError(f"{where}: 'label' is {label!r}; expected one of {labels} or an index into them")
+        if isinstance(label, str) and label.strip().isdigit():
+            label = int(label)  # "1" from a text or CSV file is an index like 1
         if isinstance(label, int) and 0 <= label < len(labels):
             return labels[label]
         if isinstance(label, str) and label.strip() in labels:
