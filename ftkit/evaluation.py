@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ftkit import runs
+from ftkit import plots, runs
 from ftkit.recipe import EvalConfig
 from ftkit.stats import Interval, bootstrap_ci, mcnemar, paired_bootstrap
 from ftkit.tasks import Example, Task
@@ -34,6 +34,7 @@ class SystemResult:
     metrics: dict[str, Interval]
     seconds: float
     example_scores: list[float] = field(default_factory=list)  # the task's per-example quality
+    confusion: tuple[list[str], list[list[int]]] | None = None  # classification tasks only
 
     @property
     def examples_per_s(self) -> float:
@@ -115,7 +116,7 @@ def evaluate(
             metric: bootstrap_ci(rows, _statistic(task, metric), n_resamples=cfg.bootstrap, seed=0) for metric in metric_names
         }
         scores = [task.example_score(p, e) for p, e in rows]
-        systems.append(SystemResult(name, predictions, intervals, seconds, scores))
+        systems.append(SystemResult(name, predictions, intervals, seconds, scores, task.confusion(predictions, examples)))
     comparisons = [
         _compare(task, systems[0], system, metric, examples, cfg.bootstrap) for system in systems[1:] for metric in metric_names
     ]
@@ -263,9 +264,25 @@ def prediction_rows(report: EvalReport) -> list[dict[str, Any]]:
     ]
 
 
-def write_reports(report: EvalReport, out: Path) -> None:
-    """metrics.json, predictions.jsonl and report.md, each written atomically."""
+def write_plots(report: EvalReport, summary: dict[str, Any], out: Path, train_log: Path | None) -> list[Path]:
+    """PNG plots: loss curves from the training log, metric bars with CI whiskers, confusion matrices."""
+    written = [plots.metric_bars(summary["systems"], out / "metrics.png", f"{report.task} on {report.split} ({len(report.examples)} examples)")]
+    if train_log is not None:
+        written.append(plots.loss_curves(train_log, out / "loss_curves.png"))
+    for system in report.systems:
+        if system.confusion:
+            labels, matrix = system.confusion
+            written.append(plots.confusion_matrix(labels, matrix, f"{system.name}: confusion on {report.split}", out / f"confusion_{system.name}.png"))
+    return [path for path in written if path is not None]
+
+
+def write_reports(report: EvalReport, out: Path, *, train_log: Path | None = None) -> list[Path]:
+    """metrics.json, predictions.jsonl, report.md and the plots, each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
-    runs.write_json(out / "metrics.json", to_json(report))
+    summary = to_json(report)
+    images = write_plots(report, summary, out, train_log)
+    runs.write_json(out / "metrics.json", summary)
     runs.write_jsonl(out / "predictions.jsonl", prediction_rows(report))
-    runs.write_text(out / "report.md", render_markdown(report))
+    markdown = render_markdown(report) + "\n## Plots\n\n" + "".join(f"![{p.stem}]({p.name})\n" for p in images)
+    runs.write_text(out / "report.md", markdown)
+    return [out / "metrics.json", out / "predictions.jsonl", out / "report.md", *images]

@@ -73,9 +73,9 @@ def train_and_evaluate(recipe_path: Path, overrides: list[str], *, overwrite: bo
             task, result.model, result.tokenizer, examples, {"adapter": "default"}, recipe.eval, split=recipe.eval.split
         )
         report.training = summary | {"peak_rss_mb": round(peak_rss_mb())}
-        evaluation.write_reports(report, run.path)
+        written = evaluation.write_reports(report, run.path, train_log=run.train_log)
         print(evaluation.render_table(report))
-        print(f"reports: {run.metrics}, {run.report}, {run.predictions}")
+        print("reports: " + ", ".join(str(path) for path in written))
     return 0
 
 
@@ -97,9 +97,10 @@ def evaluate_adapters(
     model, names = _stack_adapters(loaded.model, adapters)
     report = evaluation.evaluate(task, model, loaded.tokenizer, examples, names, recipe.eval, split=str(data or split))
     out = out or recipe.run_dir / "eval"
-    evaluation.write_reports(report, out)
+    train_log = recipe.run_dir / "train_log.jsonl"
+    written = evaluation.write_reports(report, out, train_log=train_log if train_log.is_file() else None)
     print(evaluation.render_table(report))
-    print(f"reports: {out}/metrics.json, {out}/report.md, {out}/predictions.jsonl")
+    print("reports: " + ", ".join(str(path) for path in written))
     return 0
 
 

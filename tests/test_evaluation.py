@@ -32,6 +32,9 @@ def test_eval_compares_base_and_two_adapters_on_one_split(trained, tmp_path, cap
     same = [c for c in metrics["comparisons"] if c["system"] == "evalrun-1" and c["metric"] == "accuracy"]
     first = [c for c in metrics["comparisons"] if c["system"] == "evalrun" and c["metric"] == "accuracy"]
     assert same[0]["difference"] == first[0]["difference"], "the same adapter twice scores identically"
+    for png in ("metrics.png", "confusion_base.png", "confusion_evalrun.png", "loss_curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert "![loss_curves](loss_curves.png)" in (out / "report.md").read_text()
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and {"where", "input", "reference", "base", "evalrun"} <= set(rows[0])
     assert "evalrun" in capsys.readouterr().out

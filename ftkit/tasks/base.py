@@ -90,6 +90,10 @@ class Task(ABC):
     def score(self, predictions: Sequence[Any], examples: Sequence[Example]) -> dict[str, float]:
         """Corpus-level metrics, keyed by metric name."""
 
+    def confusion(self, predictions: Sequence[Any], examples: Sequence[Example]) -> tuple[list[str], list[list[int]]] | None:
+        """(labels, matrix with rows = reference, columns = prediction) for classification tasks; else None."""
+        return None
+
     def example_score(self, prediction: Any, example: Example) -> float:
         """How good one prediction is (higher is better), to list what an adapter fixed or broke."""
         return float(prediction == example.reference)

@@ -92,3 +92,8 @@ class Sentiment(Task):
         accuracy = compute("accuracy", predictions=predictions, references=references)
         f1 = compute("macro_f1", predictions=predictions, references=references, labels=self.options.labels)
         return {"accuracy": accuracy["accuracy"], "macro_f1": f1["macro_f1"]}
+
+    def confusion(self, predictions: Sequence[str], examples: Sequence[Example]) -> tuple[list[str], list[list[int]]]:
+        references = [example.reference for example in examples]
+        result = compute("macro_f1", predictions=list(predictions), references=references, labels=self.options.labels)
+        return result["labels"], result["confusion_matrix"]
