@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ftkit.data import load_examples
+from ftkit.data import load_split
 from ftkit.models import load_model
 from ftkit.recipe import load_recipe
 from ftkit.tasks import get_task
@@ -49,7 +49,7 @@ def main() -> None:
 
     recipe = load_recipe(args.recipe)
     task = get_task(recipe.task, recipe.data.max_length)
-    examples = load_examples(recipe, task, "test")[: args.examples]
+    examples = load_split(recipe, task, "test").examples[: args.examples]
     loaded = load_model(recipe.model)
     model, tokenizer = loaded.model.eval(), loaded.tokenizer
     labels = list(recipe.task.labels)

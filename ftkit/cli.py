@@ -26,6 +26,7 @@ data (files, columns, max_length), train, eval and output. See recipes/ for exam
 
 typical session:
   ftkit validate recipes/sentiment-smollm2-qlora.yaml        check a recipe (no model loaded)
+  ftkit data     recipes/sentiment-smollm2-qlora.yaml        inspect data: lengths, masking, overlap, memory
   ftkit train    recipes/sentiment-smollm2-qlora.yaml        train, then evaluate base vs adapter
   ftkit train    recipes/sentiment-smollm2-qlora.yaml train.max_steps=20 --overwrite
   ftkit eval     recipes/sentiment-smollm2-qlora.yaml --adapter runs/sentiment-smollm2-qlora/adapter
@@ -81,6 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation after training")
     train.set_defaults(run=cmd_train)
 
+    data = commands.add_parser(
+        "data",
+        help="inspect the data before training: splits, lengths, truncation, masking, overlap, memory",
+        description="Pre-flight check of a recipe's data, without loading model weights: rows per split (and skipped "
+        "bad rows), label balance, token-length percentiles, truncation, trained tokens and EOS, exact and near "
+        "duplicates between train and held-out splits, a peak-memory estimate, and two examples with the "
+        "loss-carrying part marked «like this». Exit code 2 when `ftkit train` would refuse to start.",
+        epilog="examples:\n"
+        "  ftkit data recipes/sentiment-smollm2-qlora.yaml\n"
+        "  ftkit data recipes/sentiment-smollm2-qlora.yaml data.train=../../shared/datasets/banking77/train.csv "
+        "data.test=null 'data.split={test: 0.1}' 'data.columns={label: category}' task.labels=null",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _recipe_args(data)
+    data.set_defaults(run=cmd_data)
+
     evaluate = commands.add_parser(
         "eval",
         help="evaluate the base model and adapters on a held-out split",
@@ -118,6 +135,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ftkit.workflow import train_and_evaluate
 
     return train_and_evaluate(args.recipe, args.overrides, overwrite=args.overwrite, resume=args.resume, evaluate=not args.no_eval)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from ftkit.workflow import inspect_data
+
+    return inspect_data(args.recipe, args.overrides)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -31,15 +31,26 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-def _resolve_path(value: Path | None, info: ValidationInfo) -> Path | None:
-    """Resolve a data path against the recipe's folder and insist that it exists."""
+def _resolve_source(value: Any, info: ValidationInfo) -> Any:
+    """Resolve data sources against the recipe's folder and insist that the files exist.
+
+    A source is a file (`train.jsonl`), a key inside a JSON file (`all.json#train`), or, for
+    corpora kept as parallel line files, a mapping of column to file (`{text: t.txt, label: l.txt}`).
+    """
     if value is None:
         return None
     base = Path((info.context or {}).get("base_dir", "."))
-    path = (base / value.expanduser()).resolve()
-    if not path.is_file():
-        raise ValueError(f"file not found: {path} (paths are relative to the recipe's folder {base.resolve()})")
-    return path
+    if isinstance(value, dict):
+        return {column: str(_existing(base, str(path))) for column, path in value.items()}
+    path, sep, field = str(value).partition("#")
+    return f"{_existing(base, path)}{sep}{field}"
+
+
+def _existing(base: Path, path: str) -> Path:
+    resolved = (base / Path(path).expanduser()).resolve()
+    if not resolved.is_file():
+        raise ValueError(f"file not found: {resolved} (paths are relative to the recipe's folder {base.resolve()})")
+    return resolved
 
 
 class ModelConfig(Section):
@@ -90,22 +101,51 @@ class AdapterConfig(Section):
         raise ValueError(f"must be 'all-linear' or a non-empty list of module names, e.g. [q_proj, v_proj] (got {value!r:.60})")
 
 
+DataSource = str | dict[str, str]
+
+
+class SplitConfig(Section):
+    """Carve missing validation/test splits out of the training file, by a hash of each row's content."""
+
+    validation: float = Field(default=0.0, ge=0, lt=1, description="share of rows for validation")
+    test: float = Field(default=0.1, ge=0, lt=1, description="share of rows for test")
+    seed: int = Field(default=0, description="changes which rows land where, identically on every machine")
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> SplitConfig:
+        if self.validation + self.test >= 1:
+            raise ValueError("split.validation + split.test must leave rows for training (sum < 1)")
+        return self
+
+
 class DataConfig(Section):
-    train: Path
-    validation: Path | None = None
-    test: Path | None = None
+    train: DataSource = Field(description="a file, 'file.json#key', or {column: file} for parallel line files")
+    validation: DataSource | None = None
+    test: DataSource | None = None
+    split: SplitConfig | None = Field(default=None, description="split train by content hash when validation/test files are absent")
     columns: dict[str, str] = Field(
         default_factory=dict, description="task column -> column in the files, e.g. {text: review_body}"
     )
     max_length: int = Field(default=256, ge=8, le=131072, description="tokens per example, prompt + completion")
-    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "lines"] = Field(
-        default="auto", description="'auto' picks by file extension; 'lines' parses each text line with line_pattern"
+    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "squad", "lines"] = Field(
+        default="auto",
+        description="'auto' picks by file extension; 'squad' flattens SQuAD JSON; 'lines' parses each line with line_pattern",
     )
     line_pattern: str | None = Field(
         default=None, description="for format 'lines': a regex whose named groups become columns, e.g. '^(?P<label>[01]) (?P<text>.*)$'"
     )
 
-    _paths = field_validator("train", "validation", "test")(_resolve_path)
+    bad_rows: Literal["fail", "skip"] = Field(default="fail", description="'skip' drops bad rows and reports the count")
+    allow_overlap: bool = Field(default=False, description="let exact train/test duplicates through (not recommended)")
+    near_duplicate_jaccard: float = Field(default=0.8, gt=0, le=1, description="word-trigram Jaccard that counts as a near duplicate")
+
+    _sources = field_validator("train", "validation", "test", mode="before")(_resolve_source)
+
+    def has_split(self, name: str) -> bool:
+        """Whether the recipe provides this split, as its own file or as a share of train."""
+        if name == "train" or getattr(self, name) is not None:
+            return True
+        return bool(self.split and getattr(self.split, name) > 0)
 
     @model_validator(mode="after")
     def _line_pattern(self) -> DataConfig:
@@ -166,8 +206,10 @@ class Recipe(Section):
     def _consistent(self) -> Recipe:
         from ftkit.tasks import get_task
 
-        if getattr(self.data, self.eval.split) is None:
-            raise ValueError(f"eval.split is '{self.eval.split}' but data.{self.eval.split} names no file")
+        if not self.data.has_split(self.eval.split):
+            raise ValueError(
+                f"eval.split is '{self.eval.split}' but data.{self.eval.split} names no file and data.split gives it no share"
+            )
         known = get_task(self.task, self.data.max_length).metrics
         unknown = [m for m in self.eval.metrics or [] if m not in known]
         if unknown:

@@ -20,9 +20,9 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ftkit import adapters
-from ftkit.data import encode_examples, load_examples
 from ftkit.errors import FtkitError
-from ftkit.models import LoadedModel, compute_dtype, load_model
+from ftkit.models import LoadedModel, compute_dtype, load_model, load_tokenizer, resolve_source
+from ftkit.preflight import Preflight, run_checks
 from ftkit.recipe import Recipe
 from ftkit.runs import RunDir, append_jsonl, staged_dir
 from ftkit.tasks import Task, get_task
@@ -122,6 +122,8 @@ class TrainResult:
     train_examples: int
     truncated: int
     lora_change: float
+    task: Task  # with any settings learnt from the training data (e.g. inferred labels)
+    checks: Preflight  # the loaded, tokenised splits
 
 
 def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool) -> TrainingArguments:
@@ -170,11 +172,10 @@ def train(recipe: Recipe, run: RunDir, *, resume: bool = False) -> TrainResult:
     """Fine-tune the recipe's adapter; the adapter is written to `run.adapter` when done."""
     set_seed(recipe.train.seed)
     task: Task = get_task(recipe.task, recipe.data.max_length)
-    train_examples = load_examples(recipe, task, "train")
-    val_examples = load_examples(recipe, task, "validation") if recipe.data.validation else []
+    checks = run_checks(recipe, task, load_tokenizer(resolve_source(recipe.model.source), recipe.model))
+    checks.raise_if_fatal()
     loaded: LoadedModel = load_model(recipe.model)
-    train_set = encode_examples(task, loaded.tokenizer, train_examples)
-    val_set = encode_examples(task, loaded.tokenizer, val_examples) if val_examples else None
+    train_set, val_set = checks.encoded["train"], checks.encoded.get("validation")
     model = adapters.attach(loaded.model, recipe.adapter, recipe.train.gradient_checkpointing)
     before = adapters.lora_snapshot(model)
 
@@ -206,7 +207,9 @@ def train(recipe: Recipe, run: RunDir, *, resume: bool = False) -> TrainResult:
         train_loss=output.training_loss,
         tokens_per_s=log.tokens_per_second(trainer.state),
         wall_s=wall,
-        train_examples=len(train_examples),
+        train_examples=len(train_set.rows),
         truncated=train_set.truncated,
         lora_change=change,
+        task=task,
+        checks=checks,
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ftkit import adapters, evaluation, runs
-from ftkit.data import load_examples
+from ftkit.data import load_split
 from ftkit.errors import FtkitError
 from ftkit.models import load_model
 from ftkit.recipe import Recipe, load_recipe
@@ -67,10 +67,9 @@ def train_and_evaluate(recipe_path: Path, overrides: list[str], *, overwrite: bo
         )
         if not evaluate:
             return 0
-        task = get_task(recipe.task, recipe.data.max_length)
-        examples = _eval_examples(recipe, task, recipe.eval.split, None)
+        examples = result.checks.splits[recipe.eval.split].examples[: recipe.eval.max_examples]
         report = evaluation.evaluate(
-            task, result.model, result.tokenizer, examples, {"adapter": "default"}, recipe.eval, split=recipe.eval.split
+            result.task, result.model, result.tokenizer, examples, {"adapter": "default"}, recipe.eval, split=recipe.eval.split
         )
         report.training = summary | {"peak_rss_mb": round(peak_rss_mb())}
         written = evaluation.write_reports(report, run.path, train_log=run.train_log)
@@ -80,8 +79,9 @@ def train_and_evaluate(recipe_path: Path, overrides: list[str], *, overwrite: bo
 
 
 def _eval_examples(recipe: Recipe, task: Any, split: str, data: Path | None) -> list[Any]:
-    examples = load_examples(recipe, task, split, path=data)
-    return examples[: recipe.eval.max_examples] if recipe.eval.max_examples else examples
+    if task.needs_training_data():
+        task.observe(load_split(recipe, task, "train").examples)
+    return load_split(recipe, task, split, path=data).examples[: recipe.eval.max_examples]
 
 
 def evaluate_adapters(
@@ -124,3 +124,18 @@ def _label(folder: Path, taken: dict[str, str]) -> str:
     """A readable name for an adapter: its run's name when it sits in runs/<name>/adapter."""
     label = folder.parent.name if folder.name == "adapter" else folder.name
     return label if label not in taken else f"{label}-{len(taken)}"
+
+
+def inspect_data(recipe_path: Path, overrides: list[str]) -> int:
+    """`ftkit data`: the pre-flight report; exit 2 when training would refuse to start."""
+    from ftkit.models import load_tokenizer, resolve_source
+    from ftkit.preflight import estimate_memory, render_report, run_checks
+
+    recipe = load_recipe(recipe_path, overrides)
+    task = get_task(recipe.task, recipe.data.max_length)
+    source = resolve_source(recipe.model.source)
+    tokenizer = load_tokenizer(source, recipe.model)
+    result = run_checks(recipe, task, tokenizer)
+    print(render_report(recipe, task, tokenizer, result, estimate_memory(recipe, source)))
+    result.raise_if_fatal()
+    return 0

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from ftkit.data import DataError, load_examples, read_rows
+from ftkit.data import DataError, load_split, read_rows
 from ftkit.recipe import load_recipe
 from ftkit.tasks import get_task
 
@@ -38,7 +38,7 @@ def _recipe(tmp_path, train, columns=None):
 def test_column_mapping_renames_file_columns(tmp_path) -> None:
     path = _write(tmp_path / "d.csv", ROWS, "csv")
     recipe = _recipe(tmp_path, path, {"text": "review_body", "label": "stars"})
-    examples = load_examples(recipe, get_task(recipe.task, 64), "train")
+    examples = load_split(recipe, get_task(recipe.task, 64), "train").examples
     assert [e.reference for e in examples] == ["positive", "negative"]
     assert "Loved the blender." in examples[0].prompt
 
@@ -47,7 +47,7 @@ def test_mapping_to_a_missing_column_lists_the_columns(tmp_path) -> None:
     path = _write(tmp_path / "d.jsonl", ROWS, "jsonl")
     recipe = _recipe(tmp_path, path, {"text": "body"})
     with pytest.raises(DataError, match=r"data.columns.text maps to column 'body'.*\['review_body', 'stars'\]"):
-        load_examples(recipe, get_task(recipe.task, 64), "train")
+        load_split(recipe, get_task(recipe.task, 64), "train").examples
 
 
 def test_bad_row_is_named_by_file_and_row(tmp_path) -> None:
@@ -55,7 +55,7 @@ def test_bad_row_is_named_by_file_and_row(tmp_path) -> None:
     path.write_text("\n".join(json.dumps(r) for r in [{"text": "ok", "label": "positive"}, {"text": "", "label": "negative"}]))
     recipe = _recipe(tmp_path, path)
     with pytest.raises(DataError, match=r"d.jsonl:row 2: 'text' must be a non-empty string"):
-        load_examples(recipe, get_task(recipe.task, 64), "train")
+        load_split(recipe, get_task(recipe.task, 64), "train").examples
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,7 @@ def test_bad_row_is_named_by_file_and_row(tmp_path) -> None:
     [
         ("empty.jsonl", b"", "the file is empty"),
         ("junk.jsonl", b'{"text": "a", "label": "positive"}\n{not json\n', "junk.jsonl:line 2: cannot read as jsonl"),
-        ("list.jsonl", b'[1, 2]\n', "expected one JSON object per line"),
+        ("scalar.jsonl", b'3\n', "expected one JSON object per line"),
         ("latin1.jsonl", '{"text": "caf\u00e9"}'.encode("latin-1"), "not UTF-8"),
         ("data.txt", b"hello", "cannot tell the format from '.txt'; set data.format"),
     ],
@@ -85,11 +85,11 @@ def test_lines_format_parses_sst2_style_text_with_a_regex(tmp_path) -> None:
         "data": {"train": str(path), "test": str(path), "format": "lines", "line_pattern": r"^(?P<label>[01]) (?P<text>.*)$"},
     }))
     recipe = load_recipe(recipe_path)
-    examples = load_examples(recipe, get_task(recipe.task, 64), "test")
+    examples = load_split(recipe, get_task(recipe.task, 64), "test").examples
     assert [e.reference for e in examples] == ["positive", "negative"]
     path.write_text("1 fine\nbroken line\n")
     with pytest.raises(DataError, match="stsa.binary.dev:line 2: does not match data.line_pattern"):
-        load_examples(recipe, get_task(recipe.task, 64), "test")
+        load_split(recipe, get_task(recipe.task, 64), "test").examples
 
 
 def test_tsv_is_read_with_tabs(tmp_path) -> None:

@@ -79,7 +79,7 @@ def test_gradient_accumulation_matches_one_big_batch(write_recipe, sentiment_fil
     results = []
     for name, batch, accum in (("big", 4, 1), ("accum", 2, 2)):
         train_cfg = common | {"batch_size": batch, "grad_accum": accum}
-        files = {"train": str(data), "validation": None, "test": str(data)}
+        files = {"train": str(data), "validation": None, "test": str(data), "allow_overlap": True}
         recipe = load_recipe(write_recipe(name, task=task, data=files, train=train_cfg))
         run = RunDir(recipe.run_dir)
         run.path.mkdir(parents=True)
@@ -114,7 +114,7 @@ def test_resume_refuses_a_changed_recipe(write_recipe, capsys) -> None:
 
 def test_completion_longer_than_max_length_names_the_row(write_recipe, sentiment_files, tmp_path, capsys) -> None:
     indexed = str(_with_index_labels(sentiment_files["train"], tmp_path))
-    data = {"train": indexed, "validation": None, "test": indexed, "max_length": 16}
+    data = {"train": indexed, "validation": None, "test": indexed, "max_length": 16, "allow_overlap": True}
     path = write_recipe("toolong", task={"labels": ["no", "an extremely long label " * 10]}, data=data)
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err

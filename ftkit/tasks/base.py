@@ -43,6 +43,7 @@ class Example:
     reference: Any
     where: str  # "file:row", for error messages
     messages: tuple[dict[str, str], ...] | None = None  # whole conversation, for chat tasks
+    content: str = ""  # the row's own input text (no template), compared for train/test duplicates
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,13 @@ class Task(ABC):
     @abstractmethod
     def score(self, predictions: Sequence[Any], examples: Sequence[Example]) -> dict[str, float]:
         """Corpus-level metrics, keyed by metric name."""
+
+    def needs_training_data(self) -> bool:
+        """Whether `observe` must see the training examples before this task can predict."""
+        return False
+
+    def observe(self, train: Sequence[Example]) -> None:
+        """Learn settings left to the data from the training examples (e.g. the label set)."""
 
     def confusion(self, predictions: Sequence[Any], examples: Sequence[Example]) -> tuple[list[str], list[list[int]]] | None:
         """(labels, matrix with rows = reference, columns = prediction) for classification tasks; else None."""

@@ -82,6 +82,7 @@ class Chat(Task):
             reference=turns[-1]["content"],
             where=where,
             messages=tuple(turns),
+            content=" ".join(t["content"] for t in turns if t["role"] == "user"),
         )
 
     def encode(self, example: Example, tokenizer: Any) -> Encoded:

@@ -44,7 +44,13 @@ class QA(Task):
             raise RowError(f"{where}: 'context' must be a string when present, got {type(context).__name__}")
         answers = self._answers(row.get("answer"), where)
         template = self.options.prompt_template if context and context.strip() else self.options.prompt_template_no_context
-        return Example(prompt=render(template, row, where), completion=f" {answers[0]}", reference=answers, where=where)
+        return Example(
+            prompt=render(template, row, where),
+            completion=f" {answers[0]}",
+            reference=answers,
+            where=where,
+            content=f"{context or ''} {question}".strip(),
+        )
 
     @staticmethod
     def _answers(answer: Any, where: str) -> list[str]:

@@ -19,9 +19,10 @@ from ftkit.tasks.base import Example, Progress, RowError, Task, TaskOptions, bat
 
 class SentimentOptions(TaskOptions):
     name: Literal["sentiment"]
-    labels: list[str] = Field(
+    labels: list[str] | None = Field(
         default=["negative", "positive"],
-        description="The label words, in order; integer labels in the data index this list.",
+        description="The label words, in order; integer labels in the data index this list. "
+        "null: the sorted set of labels in the training data.",
     )
     prompt_template: str = Field(
         default="Review: {text}\nSentiment:",
@@ -30,7 +31,9 @@ class SentimentOptions(TaskOptions):
 
     @field_validator("labels")
     @classmethod
-    def _distinct_labels(cls, labels: list[str]) -> list[str]:
+    def _distinct_labels(cls, labels: list[str] | None) -> list[str] | None:
+        if labels is None:
+            return None
         if len(labels) < 2 or len(set(labels)) != len(labels) or not all(label.strip() for label in labels):
             raise ValueError("needs at least two distinct, non-empty label words")
         return labels
@@ -44,6 +47,19 @@ class Sentiment(Task):
     metrics = ("accuracy", "macro_f1")
     options: SentimentOptions
 
+    @property
+    def labels(self) -> list[str]:
+        if self.options.labels is None:
+            raise RowError("task.labels is null and no training data was seen to infer the labels from")
+        return self.options.labels
+
+    def needs_training_data(self) -> bool:
+        return self.options.labels is None
+
+    def observe(self, train: Sequence[Example]) -> None:
+        if self.options.labels is None:
+            self.options = self.options.model_copy(update={"labels": sorted({e.reference for e in train})})
+
     def make_example(self, row: Mapping[str, Any], where: str) -> Example:
         text, label = row.get("text"), row.get("label")
         if not isinstance(text, str) or not text.strip():
@@ -54,10 +70,14 @@ class Sentiment(Task):
             completion=f" {label}",
             reference=label,
             where=where,
+            content=text,
         )
 
     def _label_word(self, label: Any, where: str) -> str:
         labels = self.options.labels
+        if labels is None and isinstance(label, (str, int)) and not isinstance(label, bool) and str(label).strip():
+            return str(label).strip()  # the label set is inferred from the training data (task.labels: null)
+        labels = labels or []
         if isinstance(label, bool) or label is None:
             raise RowError(f"{where}: 'label' is {label!r}; expected one of {labels} or an index into them")
         if isinstance(label, str) and label.strip().isdigit():
@@ -72,7 +92,7 @@ class Sentiment(Task):
         self, model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int, progress: Progress
     ) -> list[str]:
         """Score all label options of a batch of examples in one forward pass; pick the most likely."""
-        labels = self.options.labels
+        labels = self.labels
         predictions: list[str] = []
         for batch in batches(examples, batch_size):
             encoded = [
@@ -90,10 +110,10 @@ class Sentiment(Task):
     def score(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
         references = [example.reference for example in examples]
         accuracy = compute("accuracy", predictions=predictions, references=references)
-        f1 = compute("macro_f1", predictions=predictions, references=references, labels=self.options.labels)
+        f1 = compute("macro_f1", predictions=predictions, references=references, labels=self.labels)
         return {"accuracy": accuracy["accuracy"], "macro_f1": f1["macro_f1"]}
 
     def confusion(self, predictions: Sequence[str], examples: Sequence[Example]) -> tuple[list[str], list[list[int]]]:
         references = [example.reference for example in examples]
-        result = compute("macro_f1", predictions=list(predictions), references=references, labels=self.options.labels)
+        result = compute("macro_f1", predictions=list(predictions), references=references, labels=self.labels)
         return result["labels"], result["confusion_matrix"]

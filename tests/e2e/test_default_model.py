@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from ftkit.data import encode_examples, load_examples
+from ftkit.data import encode_examples, load_split
 from ftkit.recipe import load_recipe
 from ftkit.runs import RunDir
 from ftkit.tasks import get_task
@@ -44,7 +44,7 @@ def test_qlora_steps_on_the_default_model_move_lora_and_lower_the_loss(default_m
     config = json.loads((run.adapter / "adapter_config.json").read_text())
     assert config["r"] == 16 and config["peft_type"] == "LORA"
     task = get_task(recipe.task, recipe.data.max_length)
-    fixed = encode_examples(task, result.tokenizer, load_examples(recipe, task, "train")[:8])
+    fixed = encode_examples(task, result.tokenizer, load_split(recipe, task, "train").examples[:8])
     batch = Collator(result.tokenizer.pad_token_id)(as_rows(fixed.rows))
     with result.model.disable_adapter():
         before = _loss(result.model, batch)

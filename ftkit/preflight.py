@@ -1,0 +1,165 @@
+"""Pre-flight checks: everything that can be known about a run before any weight is loaded.
+
+`ftkit data RECIPE` prints them; `ftkit train` runs the same checks first and refuses to start on
+the fatal ones (held-out rows that duplicate training rows, examples with no trained token, an
+EOS that carries no loss). Silent truncation, fully masked examples and missing EOS are among the
+most reported problems with other toolkits; here they are counted and shown before training.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ftkit.data import EncodedSplit, LoadedSplit, Overlap, encode_examples, find_overlap, load_split
+from ftkit.errors import FtkitError
+from ftkit.recipe import Recipe
+from ftkit.tasks import Task
+from ftkit.tasks.base import IGNORE_INDEX
+
+HELD_OUT = ("validation", "test")
+
+
+class PreflightError(FtkitError):
+    """A fatal pre-flight finding: training would produce numbers that mean nothing."""
+
+
+@dataclass
+class Preflight:
+    splits: dict[str, LoadedSplit]
+    encoded: dict[str, EncodedSplit]
+    overlaps: list[Overlap]
+    fatal: list[str] = field(default_factory=list)
+
+    def raise_if_fatal(self) -> None:
+        if self.fatal:
+            raise PreflightError("\n".join(self.fatal))
+
+
+def run_checks(recipe: Recipe, task: Task, tokenizer: Any) -> Preflight:
+    """Load and tokenise every split, find train/held-out overlap, and collect fatal findings."""
+    splits = {"train": load_split(recipe, task, "train")}
+    task.observe(splits["train"].examples)
+    for name in HELD_OUT:
+        if recipe.data.has_split(name):
+            splits[name] = load_split(recipe, task, name)
+    encoded = {name: encode_examples(task, tokenizer, split.examples) for name, split in splits.items()}
+    overlaps = [
+        find_overlap(splits["train"].examples, splits[name].examples, name, recipe.data.near_duplicate_jaccard)
+        for name in HELD_OUT
+        if name in splits
+    ]
+    result = Preflight(splits, encoded, overlaps)
+    for overlap in overlaps:
+        if overlap.exact and not recipe.data.allow_overlap:
+            held, seen = overlap.exact[0]
+            result.fatal.append(
+                f"{len(overlap.exact)} {overlap.split} example(s) duplicate training examples (e.g. {held.where} = {seen.where}); "
+                "remove them, or set data.allow_overlap: true to accept inflated held-out numbers"
+            )
+    missing_eos = [e for e, r in zip(splits["train"].examples, encoded["train"].rows) if tokenizer.eos_token_id not in _trained(r)]
+    if missing_eos:
+        result.fatal.append(f"{len(missing_eos)} training example(s) have no EOS that carries loss (e.g. {missing_eos[0].where}); "
+                            "the model would never learn to stop")
+    return result
+
+
+def _trained(encoded: Any) -> list[int]:
+    return [label for label in encoded.labels if label != IGNORE_INDEX]
+
+
+def _percentiles(lengths: list[int]) -> str:
+    ordered = sorted(lengths)
+
+    def at(q: float) -> int:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return f"p50 {at(0.5)}, p90 {at(0.9)}, p99 {at(0.99)}, max {ordered[-1]}"
+
+
+def render_example(tokenizer: Any, encoded: Any) -> str:
+    """The example's text with its loss-carrying part marked «like this»; the rest carries no loss."""
+    out, trained = [], False
+    for token, label in zip(encoded.input_ids, encoded.labels):
+        now = label != IGNORE_INDEX
+        if now != trained:
+            out.append("«" if now else "»")
+            trained = now
+        out.append(tokenizer.decode([token]))
+    return "".join(out) + ("»" if trained else "")
+
+
+def render_report(recipe: Recipe, task: Task, tokenizer: Any, result: Preflight, memory: str) -> str:
+    lines = [f"task {task.name}, max_length {recipe.data.max_length} tokens"]
+    lines.append(f"{'split':<11}{'rows':>7}{'skipped':>9}  source")
+    for name, split in result.splits.items():
+        lines.append(f"{name:<11}{len(split.examples):>7}{len(split.skipped):>9}  {split.source}")
+        lines += [f"    skipped: {problem}" for problem in split.skipped[:3]]
+    labels = Counter(str(e.reference) for e in result.splits["train"].examples if isinstance(e.reference, str) and task.confusion)
+    if labels and len(labels) <= 50:
+        total = sum(labels.values())
+        lines.append("label balance (train): " + ", ".join(f"{k} {v} ({100 * v / total:.1f}%)" for k, v in sorted(labels.items())))
+    for name, enc in result.encoded.items():
+        lengths = [len(r.input_ids) for r in enc.rows]
+        eos = sum(tokenizer.eos_token_id in _trained(r) for r in enc.rows)
+        lines.append(
+            f"{name}: tokens/example {_percentiles(lengths)}; truncated {enc.truncated} of {len(enc.rows)} "
+            f"(completion never cut); trained tokens {enc.trained_tokens} of {enc.tokens} "
+            f"({100 * enc.trained_tokens / max(1, enc.tokens):.1f}%); EOS carries loss in {eos} of {len(enc.rows)}"
+        )
+    lines.append("examples with no trained token: 0 (any would be an error naming its row)")
+    for overlap in result.overlaps:
+        lines.append(
+            f"overlap train vs {overlap.split}: {len(overlap.exact)} exact, {len(overlap.near)} near "
+            f"(word-trigram Jaccard >= {recipe.data.near_duplicate_jaccard})"
+        )
+        lines += [f"    exact: {held.where} = {seen.where}: {held.content[:70]!r}" for held, seen in overlap.exact[:3]]
+        lines += [f"    near ({score:.2f}): {held.where} ~ {seen.where}" for held, seen, score in overlap.near[:3]]
+    lines.append(f"peak memory estimate: {memory}")
+    for example, enc in list(zip(result.splits["train"].examples, result.encoded["train"].rows))[:2]:
+        lines.append(f"example {example.where} (loss only on «...»):")
+        lines += [f"    {line}" for line in render_example(tokenizer, enc).splitlines()]
+    lines += [f"FATAL: {problem}" for problem in result.fatal]
+    return "\n".join(lines)
+
+
+RUNTIME_OVERHEAD_GB = 0.9  # torch, transformers, bitsandbytes and the tokenizer, measured on CPU
+
+
+def estimate_memory(recipe: Recipe, source: str) -> str:
+    """A rough peak-memory estimate for training, from the model's config alone (no weights loaded).
+
+    Weights by quantization (bitsandbytes keeps non-linear weights in fp32 after k-bit preparation),
+    LoRA weights with gradients and two Adam moments (16 bytes each), saved activations, and the
+    logits of the larger of the training and evaluation micro-batches (fp32, with their softmax and
+    gradient). Upper bound on sequence length: data.max_length.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(source, trust_remote_code=recipe.model.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    linears = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in name]
+    linear_params = sum(m.weight.numel() for m in linears)
+    other_params = sum(p.numel() for p in model.parameters()) - linear_params
+    per_linear = {"4bit": 0.55, "8bit": 1.05, "none": 4.0}[recipe.model.quantization]
+    weights = linear_params * per_linear + other_params * 4
+    targets = linears if recipe.adapter.target_modules == "all-linear" else [
+        m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in recipe.adapter.target_modules
+    ]
+    lora = sum(recipe.adapter.r * (m.in_features + m.out_features) for m in targets) * 16
+    tokens = recipe.train.batch_size * recipe.data.max_length
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    intermediate = getattr(config, "intermediate_size", 4 * hidden)
+    activations = tokens * layers * (12 * hidden + 4 * intermediate) * 4
+    if recipe.train.gradient_checkpointing:
+        activations = tokens * layers * hidden * 4 + activations / layers
+    logits = max(recipe.train.batch_size, recipe.eval.batch_size) * recipe.data.max_length * config.vocab_size * 4 * 3
+    gb = 1024**3
+    total = RUNTIME_OVERHEAD_GB + (weights + lora + activations + logits) / gb
+    return (
+        f"~{total:.1f} GB = weights {weights / gb:.2f} + LoRA/grad/Adam {lora / gb:.2f} + activations {activations / gb:.2f} "
+        f"+ logits {logits / gb:.2f} + runtime {RUNTIME_OVERHEAD_GB} (batch {recipe.train.batch_size} x {recipe.data.max_length} tokens)"
+    )
