@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ftkit.errors import FtkitError
-from ftkit.recipe import DataConfig, Recipe, SplitConfig
+from ftkit.recipe import HUB_PREFIX, DataConfig, Recipe, SplitConfig
 from ftkit.tasks import Task
 from ftkit.tasks.base import Encoded, Example, RowError
 
@@ -45,6 +45,8 @@ def read_rows(source: str | dict[str, str] | Path, cfg: DataConfig | None = None
     """All rows of a data source, as dicts, in file order."""
     if isinstance(source, dict):
         return _read_parallel(source)
+    if str(source).startswith(HUB_PREFIX):
+        return _read_hub(str(source)[len(HUB_PREFIX) :])
     path_text, _, key = str(source).partition("#")
     path = Path(path_text)
     fmt = cfg.format if cfg else "auto"
@@ -62,6 +64,17 @@ def read_rows(source: str | dict[str, str] | Path, cfg: DataConfig | None = None
     if fmt in ("jsonl", "json", "squad"):
         return _read_json(path, fmt, key)
     return _read_with_datasets(path, fmt)
+
+
+def _read_hub(name: str) -> list[Row]:
+    """A dataset from the Hugging Face hub, `name#split` (default split: train). Needs a network."""
+    import datasets
+
+    repo, _, split = name.partition("#")
+    try:
+        return list(datasets.load_dataset(repo, split=split or "train"))
+    except Exception as error:  # offline, unknown name, or unknown split
+        raise DataError(f"hub:{name}: cannot load from the hub: {str(error).splitlines()[0][:200]}") from error
 
 
 def _read_text(path: Path) -> str:

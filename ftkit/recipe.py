@@ -31,17 +31,23 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+HUB_PREFIX = "hub:"
+
+
 def _resolve_source(value: Any, info: ValidationInfo) -> Any:
     """Resolve data sources against the recipe's folder and insist that the files exist.
 
-    A source is a file (`train.jsonl`), a key inside a JSON file (`all.json#train`), or, for
-    corpora kept as parallel line files, a mapping of column to file (`{text: t.txt, label: l.txt}`).
+    A source is a file (`train.jsonl`), a key inside a JSON file (`all.json#train`), a hub
+    dataset (`hub:stanfordnlp/sst2#validation`, split after `#`), or, for corpora kept as parallel
+    line files, a mapping of column to file (`{text: t.txt, label: l.txt}`).
     """
     if value is None:
         return None
     base = Path((info.context or {}).get("base_dir", "."))
     if isinstance(value, dict):
         return {column: str(_existing(base, str(path))) for column, path in value.items()}
+    if str(value).startswith(HUB_PREFIX):
+        return value  # a hub dataset: fetched by `datasets` at load time (online users)
     path, sep, field = str(value).partition("#")
     return f"{_existing(base, path)}{sep}{field}"
 

@@ -149,3 +149,10 @@ def test_json_key_squad_and_parallel_sources(tmp_path) -> None:
     (tmp_path / "labels.txt").write_text("1\n")
     with pytest.raises(DataError, match="different numbers of lines"):
         read_rows({"text": str(tmp_path / "text.txt"), "label": str(tmp_path / "labels.txt")})
+
+
+def test_hub_sources_validate_offline_and_fail_clearly_without_a_network(tmp_path) -> None:
+    recipe = load_recipe(_recipe(tmp_path, {"train": "hub:stanfordnlp/sst2#train", "test": "hub:stanfordnlp/sst2#validation"}))
+    assert recipe.data.train == "hub:stanfordnlp/sst2#train"
+    with pytest.raises(DataError, match="hub:stanfordnlp/sst2#train: cannot load from the hub"):
+        read_rows(recipe.data.train)
