@@ -92,9 +92,13 @@ def prepare(path: Path, *, overwrite: bool, resume: bool) -> RunDir:
 
 @contextmanager
 def locked(run: RunDir) -> Iterator[None]:
-    """Hold an exclusive lock on the run directory, so two processes never write into one run."""
-    run.path.mkdir(parents=True, exist_ok=True)
-    with open(run.path / ".lock", "w") as handle:
+    """Hold an exclusive lock on the run directory, so two processes never write into one run.
+
+    The lock file sits beside the run directory, not in it, so that `--overwrite` (which deletes the
+    directory) cannot delete another process's lock along with it.
+    """
+    run.path.parent.mkdir(parents=True, exist_ok=True)
+    with open(run.path.parent / f".{run.path.name}.lock", "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

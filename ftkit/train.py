@@ -150,6 +150,7 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool) -> Tra
         data_seed=t.seed,
         logging_steps=t.log_every,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # the Trainer would otherwise hide a NaN loss from the NaN guard
         eval_strategy=eval_strategy,
         eval_steps=t.eval_every,
         save_strategy="steps",

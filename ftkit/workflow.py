@@ -44,8 +44,8 @@ def train_and_evaluate(recipe_path: Path, overrides: list[str], *, overwrite: bo
     from ftkit.train import train
 
     recipe = load_recipe(recipe_path, overrides)
-    run = runs.prepare(recipe.run_dir, overwrite=overwrite, resume=resume)
-    with runs.locked(run):
+    with runs.locked(runs.RunDir(recipe.run_dir)):
+        run = runs.prepare(recipe.run_dir, overwrite=overwrite, resume=resume)
         if resume:
             _check_resume_matches(recipe, run)
         runs.write_text(run.recipe, recipe.to_yaml())
