@@ -63,9 +63,20 @@ def load(model: Any, adapter_dir: Path, name: str = "default") -> Any:
     """Put a saved adapter on a base model (for evaluation; weights frozen)."""
     from peft import PeftModel
 
+    check(adapter_dir)
+    return PeftModel.from_pretrained(model, adapter_dir, adapter_name=name, is_trainable=False)
+
+
+def check(adapter_dir: Path) -> None:
+    """An adapter folder must have a config and match its manifest (sha256 of every file)."""
+    from ftkit.runs import RunError, verify_manifest
+
     if not (adapter_dir / "adapter_config.json").is_file():
         raise AdapterError(f"{adapter_dir} is not an adapter folder (no adapter_config.json)")
-    return PeftModel.from_pretrained(model, adapter_dir, adapter_name=name, is_trainable=False)
+    try:
+        verify_manifest(adapter_dir)
+    except RunError as error:
+        raise AdapterError(str(error)) from None
 
 
 def lora_snapshot(model: Any) -> dict[str, torch.Tensor]:

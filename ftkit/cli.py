@@ -7,6 +7,7 @@ stderr and exit code 2; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -186,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         lines = str(error).splitlines() or [type(error).__name__]
         for line in lines:
             print(f"ftkit: error: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:
+        if error.errno != errno.ENOSPC or args.debug:
+            raise
+        print(f"ftkit: error: the disk is full ({error.filename or 'while writing'}); completed checkpoints and "
+              "earlier files are intact: free space, then continue with --resume", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("ftkit: interrupted; completed checkpoints are kept (resume with --resume)", file=sys.stderr)

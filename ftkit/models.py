@@ -8,7 +8,6 @@ afterwards, like any local model.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -21,6 +20,7 @@ import torch
 
 from ftkit.errors import FtkitError
 from ftkit.recipe import ModelConfig
+from ftkit.runs import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,6 @@ def default_gguf() -> Path:
     return found[0]
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def convert_gguf(gguf: Path) -> Path:
     """De-quantize a GGUF file once into a cached fp32 safetensors folder; return that folder.
 
@@ -68,7 +60,7 @@ def convert_gguf(gguf: Path) -> Path:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = ftkit_home() / "models" / f"{gguf.stem}-{_file_digest(gguf)[:12]}"
+    target = ftkit_home() / "models" / f"{gguf.stem}-{sha256_file(gguf)[:12]}"
     if (target / "config.json").is_file():
         return target
     log.info("converting %s to %s (once)", gguf.name, target)

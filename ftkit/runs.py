@@ -17,6 +17,7 @@ half-written file or folder that looks complete.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -158,3 +159,33 @@ def staged_dir(target: Path) -> Iterator[Path]:
 def append_jsonl(handle: TextIO, row: dict[str, Any]) -> None:
     handle.write(json.dumps(row) + "\n")
     handle.flush()
+
+
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path, extra: dict[str, Any] | None = None) -> None:
+    """Record the sha256 of every file in `folder`; written last, so its presence means complete."""
+    files = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    write_json(folder / MANIFEST, {"files": files, **(extra or {})})
+
+
+def verify_manifest(folder: Path) -> None:
+    """Raise `RunError` if a file listed in the folder's manifest is missing or changed."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return
+    for name, expected in json.loads(manifest.read_text(encoding="utf-8"))["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise RunError(f"{path} is missing (listed in {manifest}); the folder is incomplete")
+        if sha256_file(path) != expected:
+            raise RunError(f"{path} does not match its sha256 in {manifest}: the file is corrupted or was changed")

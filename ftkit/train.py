@@ -24,7 +24,7 @@ from ftkit.errors import FtkitError
 from ftkit.models import LoadedModel, compute_dtype, load_model, load_tokenizer, resolve_source
 from ftkit.preflight import Preflight, run_checks
 from ftkit.recipe import Recipe
-from ftkit.runs import RunDir, append_jsonl, staged_dir
+from ftkit.runs import RunDir, append_jsonl, staged_dir, write_manifest
 from ftkit.tasks import Task, get_task
 from ftkit.tasks.base import IGNORE_INDEX, Encoded
 
@@ -200,6 +200,7 @@ def train(recipe: Recipe, run: RunDir, *, resume: bool = False) -> TrainResult:
     with staged_dir(run.adapter) as stage:
         model.save_pretrained(stage)
         loaded.tokenizer.save_pretrained(stage)
+        write_manifest(stage, {"base_model": recipe.model.source, "recipe": recipe.name})
     return TrainResult(
         model=model,
         tokenizer=loaded.tokenizer,

@@ -113,8 +113,7 @@ def _stack_adapters(model: Any, folders: list[Path]) -> tuple[Any, dict[str, str
         if i == 0:
             model = adapters.load(model, folder, name=internal)
         else:
-            if not (folder / "adapter_config.json").is_file():
-                raise adapters.AdapterError(f"{folder} is not an adapter folder (no adapter_config.json)")
+            adapters.check(folder)
             model.load_adapter(folder, adapter_name=internal, is_trainable=False)
         names[label] = internal
     return model, names

@@ -118,3 +118,37 @@ def test_staged_dir_replaces_only_on_success(tmp_path) -> None:
         raise RuntimeError("crash mid-save")
     assert (target / "weights").read_text() == "v1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_a_corrupted_adapter_file_is_detected(write_recipe, capsys) -> None:
+    path = write_recipe("corrupt", train={"max_steps": 2})
+    assert main(["train", str(path), "--no-eval"]) == 0
+    adapter = RunDir(load_recipe(path).run_dir).adapter
+    manifest = (adapter / "manifest.json").read_text()
+    assert "adapter_model.safetensors" in manifest and "adapter_config.json" in manifest
+    weights = adapter / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert main(["eval", str(path), "--adapter", str(adapter)]) == 2
+    assert "does not match its sha256" in capsys.readouterr().err
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(write_recipe, monkeypatch, capsys) -> None:
+    path = write_recipe("diskfull", train={"max_steps": 6, "save_every": 2})
+    run = RunDir(load_recipe(path).run_dir)
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if "checkpoint-4" in str(f):
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "the disk is full" in err and "--resume" in err and "Traceback" not in err
+    assert run.last_checkpoint().name == "checkpoint-2"
+    monkeypatch.setattr(torch, "save", real_save)
+    assert main(["train", str(path), "--resume", "--no-eval"]) == 0
+    assert (run.adapter / "adapter_model.safetensors").is_file()
