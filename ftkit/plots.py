@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import numbers
 import os
 import tempfile
 from pathlib import Path
@@ -111,22 +112,24 @@ def confusion_matrix(labels: list[str], matrix: list[list[int]], title: str, out
     n = len(labels)
     if n == 0:
         raise ValueError("confusion matrix: no labels given")
-    shape = f"{len(matrix)}x{'/'.join(sorted({str(len(row)) for row in matrix})) or 0}"
     if len(matrix) != n or any(len(row) != n for row in matrix):
+        widths = "/".join(str(w) for w in sorted({len(row) for row in matrix})) or "0"
         raise ValueError(
-            f"confusion matrix is {shape} but there are {n} labels ({', '.join(labels)}); "
-            f"expected {n}x{n} (rows = reference, columns = predicted)"
+            f"confusion matrix has {len(matrix)} rows of {widths} cells but there are {n} labels "
+            f"({', '.join(labels)}); expected {n}x{n} (rows = reference, columns = predicted)"
         )
+    if any(not isinstance(c, numbers.Integral) or c < 0 for row in matrix for c in row):
+        raise ValueError("confusion matrix: every cell must be a count (an integer >= 0)")
     side = min(max(3.6, 1.0 + 0.7 * n), 14.0)
     fig = _figure(side + 1.2, side)
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="Blues", vmin=0)
     fig.colorbar(image, ax=ax, shrink=0.8, label="examples")
-    slanted = max(map(len, labels)) > 6
+    slanted = max(map(len, labels)) * n > 36  # horizontal labels would collide
     ax.set_xticks(range(n), labels, rotation=45 if slanted else 0, ha="right" if slanted else "center")
     ax.set_yticks(range(n), labels)
-    ax.set_xlabel("predicted label")
-    ax.set_ylabel("reference label")
+    ax.set_xlabel("predicted label (columns)")
+    ax.set_ylabel("reference label (rows)")
     ax.set_title(title)
     peak = max((max(row) for row in matrix), default=0)
     fontsize = 11 if n <= 8 else 8
@@ -144,7 +147,7 @@ def _metric_order(systems: dict[str, dict[str, Any]]) -> list[str]:
     return order
 
 
-def _bars(ax: Any, systems: dict[str, dict[str, Any]], metrics: list[str], legend: bool) -> None:
+def _bars(ax: Any, systems: dict[str, dict[str, Any]], metrics: list[str]) -> None:
     """Grouped bars on one axes: a group per metric, a bar per system, asymmetric CI whiskers."""
     count = len(systems)
     width = 0.8 / count
@@ -169,8 +172,6 @@ def _bars(ax: Any, systems: dict[str, dict[str, Any]], metrics: list[str], legen
     ax.set_ylabel(CI_LABEL)
     ax.grid(True, axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    if legend:
-        ax.legend(title="system")
 
 
 def metric_bars(systems: dict[str, dict[str, dict[str, float]]], out: Path, title: str) -> Path:
@@ -199,10 +200,12 @@ def metric_bars(systems: dict[str, dict[str, dict[str, float]]], out: Path, titl
     fig = _figure(min(width, 16.0), 4.6)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for index, (ax, panel) in enumerate(zip(axes, panels)):
-        _bars(ax, systems, panel, legend=index == 0)
+        _bars(ax, systems, panel)
         if all(unit(m) for m in panel):
             ax.set_ylim(0, 1.05)
         if len(panels) > 1 and index > 0:
             ax.set_ylabel("")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 4), frameon=False)
     fig.suptitle(title)
     return _save(fig, out)

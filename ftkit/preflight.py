@@ -27,6 +27,7 @@ class PreflightError(FtkitError):
 
 @dataclass
 class Preflight:
+    task: Task  # with settings learnt from the training split (e.g. inferred labels)
     splits: dict[str, LoadedSplit]
     encoded: dict[str, EncodedSplit]
     overlaps: list[Overlap]
@@ -50,7 +51,7 @@ def run_checks(recipe: Recipe, task: Task, tokenizer: Any) -> Preflight:
         for name in HELD_OUT
         if name in splits
     ]
-    result = Preflight(splits, encoded, overlaps)
+    result = Preflight(task, splits, encoded, overlaps)
     for overlap in overlaps:
         if overlap.exact and not recipe.data.allow_overlap:
             held, seen = overlap.exact[0]

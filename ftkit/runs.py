@@ -73,22 +73,23 @@ class RunDir:
         return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
-def prepare(path: Path, *, overwrite: bool, resume: bool) -> RunDir:
-    """Create the run directory, refusing to clobber an earlier run unless asked."""
-    run = RunDir(path)
+def check_target(path: Path, *, overwrite: bool, resume: bool) -> None:
+    """Refuse, without touching anything, a run directory that the command may not use."""
     if path.exists() and not path.is_dir():
         raise RunError(f"output.dir {path} is a file; choose a folder for the run")
-    exists = path.exists() and any(path.iterdir())
-    if resume:
-        if run.last_checkpoint() is None:
-            raise RunError(f"{path}: no complete checkpoint to resume from; start without --resume")
-        return run
-    if exists and not overwrite:
+    if resume and RunDir(path).last_checkpoint() is None:
+        raise RunError(f"{path}: no complete checkpoint to resume from; start without --resume")
+    if not resume and not overwrite and path.exists() and any(path.iterdir()):
         raise RunError(f"{path} already exists; pass --overwrite to replace it or --resume to continue it")
-    if exists:
+
+
+def prepare(path: Path, *, overwrite: bool, resume: bool) -> RunDir:
+    """Create the run directory, replacing an earlier run only when asked (`--overwrite`)."""
+    check_target(path, overwrite=overwrite, resume=resume)
+    if not resume and path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
-    return run
+    return RunDir(path)
 
 
 @contextmanager

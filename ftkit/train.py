@@ -169,12 +169,19 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool) -> Tra
     )
 
 
-def train(recipe: Recipe, run: RunDir, *, resume: bool = False) -> TrainResult:
-    """Fine-tune the recipe's adapter; the adapter is written to `run.adapter` when done."""
-    set_seed(recipe.train.seed)
+def preflight(recipe: Recipe) -> Preflight:
+    """The pre-flight checks, raising on fatal findings: run before anything is written."""
     task: Task = get_task(recipe.task, recipe.data.max_length)
     checks = run_checks(recipe, task, load_tokenizer(resolve_source(recipe.model.source), recipe.model))
     checks.raise_if_fatal()
+    return checks
+
+
+def train(recipe: Recipe, run: RunDir, *, resume: bool = False, checks: Preflight | None = None) -> TrainResult:
+    """Fine-tune the recipe's adapter; the adapter is written to `run.adapter` when done."""
+    set_seed(recipe.train.seed)
+    checks = checks or preflight(recipe)
+    task = checks.task
     loaded: LoadedModel = load_model(recipe.model)
     train_set, val_set = checks.encoded["train"], checks.encoded.get("validation")
     model = adapters.attach(loaded.model, recipe.adapter, recipe.train.gradient_checkpointing)

@@ -41,16 +41,19 @@ def _check_resume_matches(recipe: Recipe, run: runs.RunDir) -> None:
 
 
 def train_and_evaluate(recipe_path: Path, overrides: list[str], *, overwrite: bool, resume: bool, evaluate: bool) -> int:
-    from ftkit.train import train
+    from ftkit.train import preflight, train
 
     recipe = load_recipe(recipe_path, overrides)
     with runs.locked(runs.RunDir(recipe.run_dir)):
-        run = runs.prepare(recipe.run_dir, overwrite=overwrite, resume=resume)
+        # Everything that can fail on bad input fails before the run directory is created or replaced.
+        runs.check_target(recipe.run_dir, overwrite=overwrite, resume=resume)
         if resume:
-            _check_resume_matches(recipe, run)
+            _check_resume_matches(recipe, runs.RunDir(recipe.run_dir))
+        checks = preflight(recipe)
+        run = runs.prepare(recipe.run_dir, overwrite=overwrite, resume=resume)
         runs.write_text(run.recipe, recipe.to_yaml())
         print(f"run directory: {run.path}", file=sys.stderr)
-        result = train(recipe, run, resume=resume)
+        result = train(recipe, run, resume=resume, checks=checks)
         summary = {
             "steps": result.steps,
             "train_loss": round(result.train_loss, 4),
