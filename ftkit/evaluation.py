@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from ftkit import plots, runs
@@ -35,6 +36,7 @@ class SystemResult:
     seconds: float
     example_scores: list[float] = field(default_factory=list)  # the task's per-example quality
     confusion: tuple[list[str], list[list[int]]] | None = None  # classification tasks only
+    per_example: dict[str, list[float]] = field(default_factory=dict)  # metrics that are means of these
 
     @property
     def examples_per_s(self) -> float:
@@ -112,11 +114,15 @@ def evaluate(
         with _as_system(model, adapter):
             predictions, seconds = predict_system(task, model, tokenizer, examples, cfg.batch_size, name)
         rows = list(zip(predictions, examples))
+        means = task.per_example(predictions, examples)
         intervals = {
-            metric: bootstrap_ci(rows, _statistic(task, metric), n_resamples=cfg.bootstrap, seed=0) for metric in metric_names
+            metric: bootstrap_ci(np.asarray(means[metric]), n_resamples=cfg.bootstrap, seed=0)
+            if metric in means
+            else bootstrap_ci(rows, _statistic(task, metric), n_resamples=cfg.bootstrap, seed=0)
+            for metric in metric_names
         }
         scores = [task.example_score(p, e) for p, e in rows]
-        systems.append(SystemResult(name, predictions, intervals, seconds, scores, task.confusion(predictions, examples)))
+        systems.append(SystemResult(name, predictions, intervals, seconds, scores, task.confusion(predictions, examples), means))
     comparisons = [
         _compare(task, systems[0], system, metric, examples, cfg.bootstrap) for system in systems[1:] for metric in metric_names
     ]
@@ -134,7 +140,7 @@ def evaluate(
 def _statistic(task: Task, metric: str) -> Any:
     def statistic(rows: Sequence[tuple[Any, Example]]) -> float:
         predictions, examples = zip(*rows)
-        return task.score(list(predictions), list(examples))[metric]
+        return task.score(list(predictions), list(examples), only=metric)[metric]
 
     return statistic
 
@@ -146,10 +152,13 @@ def _compare(task: Task, base: SystemResult, other: SystemResult, metric: str, e
         result = mcnemar([s == 1.0 for s in base.example_scores], [s == 1.0 for s in other.example_scores])
         difference = other.metrics[metric].point - base.metrics[metric].point
         return Comparison(other.name, metric, difference, result.p_value, "McNemar exact", lower)
-    paired = paired_bootstrap(
-        list(zip(base.predictions, examples)), list(zip(other.predictions, examples)), _statistic(task, metric),
-        n_resamples=resamples, seed=0,
-    )
+    if metric in base.per_example:
+        paired = paired_bootstrap(np.asarray(base.per_example[metric]), np.asarray(other.per_example[metric]), n_resamples=resamples, seed=0)
+    else:
+        paired = paired_bootstrap(
+            list(zip(base.predictions, examples)), list(zip(other.predictions, examples)), _statistic(task, metric),
+            n_resamples=resamples, seed=0,
+        )
     return Comparison(other.name, metric, paired.difference, paired.p_value, "paired bootstrap", lower)
 
 

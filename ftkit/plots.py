@@ -164,10 +164,24 @@ def _bars(ax: Any, systems: dict[str, dict[str, Any]], metrics: list[str]) -> No
             values.append(value)
             below.append(max(0.0, value - low))
             above.append(max(0.0, high - value))
-        bars = ax.bar(xs, values, width * 0.92, yerr=[below, above], capsize=4, label=name,
-                      error_kw={"elinewidth": 1.2, "ecolor": "0.2"})
-        ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], padding=2, fontsize=8,
-                     label_type="center", color="white", fontweight="bold")
+        bars = ax.bar(
+            xs,
+            values,
+            width * 0.92,
+            yerr=[below, above],
+            capsize=4,
+            label=name,
+            error_kw={"elinewidth": 1.2, "ecolor": "0.2"},
+        )
+        ax.bar_label(
+            bars,
+            labels=[f"{v:.3g}" for v in values],
+            padding=2,
+            fontsize=8,
+            label_type="center",
+            color="white",
+            fontweight="bold",
+        )
     ax.set_xticks(range(len(metrics)), metrics)
     ax.set_ylabel(CI_LABEL)
     ax.grid(True, axis="y", alpha=0.3)
@@ -189,7 +203,9 @@ def metric_bars(systems: dict[str, dict[str, dict[str, float]]], out: Path, titl
 
     def unit(metric: str) -> bool:
         bounds = [
-            float(v) for s in systems.values() for k, v in s.get("metrics", {}).get(metric, {}).items()
+            float(v)
+            for s in systems.values()
+            for k, v in s.get("metrics", {}).get(metric, {}).items()
             if k in ("value", "ci_low", "ci_high") and _finite(v)
         ]
         return all(0.0 <= b <= 1.0 for b in bounds)

@@ -88,8 +88,8 @@ class Task(ABC):
         """Predict for each example, in order, without holding logits for the whole set."""
 
     @abstractmethod
-    def score(self, predictions: Sequence[Any], examples: Sequence[Example]) -> dict[str, float]:
-        """Corpus-level metrics, keyed by metric name."""
+    def score(self, predictions: Sequence[Any], examples: Sequence[Example], only: str | None = None) -> dict[str, float]:
+        """Corpus-level metrics, keyed by metric name (just `only`, when given: the bootstrap asks one at a time)."""
 
     def needs_training_data(self) -> bool:
         """Whether `observe` must see the training examples before this task can predict."""
@@ -101,6 +101,15 @@ class Task(ABC):
     def confusion(self, predictions: Sequence[Any], examples: Sequence[Example]) -> tuple[list[str], list[list[int]]] | None:
         """(labels, matrix with rows = reference, columns = prediction) for classification tasks; else None."""
         return None
+
+    def per_example(self, predictions: Sequence[Any], examples: Sequence[Example]) -> dict[str, list[float]]:
+        """Per-example values of the metrics whose corpus value is their mean.
+
+        Their confidence intervals and paired tests resample these numbers directly (vectorised)
+        instead of recomputing the metric a thousand times. The first metric's values also rank
+        what an adapter fixed or broke.
+        """
+        return {}
 
     def example_score(self, prediction: Any, example: Example) -> float:
         """How good one prediction is (higher is better), to list what an adapter fixed or broke."""

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ftkit.inference import generate_greedy, score_completions
-from ftkit.metrics import compute
+from ftkit.metrics import compute, per_example
 from ftkit.tasks.base import IGNORE_INDEX, Encoded, Example, Progress, RowError, Task, TaskOptions, batches, register
 
 ROLES = ("system", "user", "assistant")
@@ -118,16 +118,22 @@ class Chat(Task):
             progress(len(batch))
         return predictions
 
-    def score(self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]) -> dict[str, float]:
+    def score(
+        self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example], only: str | None = None
+    ) -> dict[str, float]:
         replies = [p["reply"] for p in predictions]
         references = [[e.reference] for e in examples]
-        return {
-            "rouge_l": compute("rouge_l", predictions=replies, references=references)["rouge_l"],
-            "chrf": compute("chrf", predictions=replies, references=references)["chrf"],
-            "perplexity": compute(
+        metrics = {
+            "rouge_l": lambda: compute("rouge_l", predictions=replies, references=references)["rouge_l"],
+            "chrf": lambda: compute("chrf", predictions=replies, references=references)["chrf"],
+            "perplexity": lambda: compute(
                 "perplexity", nll=[p["nll"] for p in predictions], num_tokens=[p["tokens"] for p in predictions]
             )["perplexity"],
         }
+        return {name: value() for name, value in metrics.items() if only in (None, name)}
+
+    def per_example(self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]) -> dict[str, list[float]]:
+        return {"rouge_l": per_example("rouge_l", [p["reply"] for p in predictions], [[e.reference] for e in examples])}
 
     def example_score(self, prediction: dict[str, Any], example: Example) -> float:
-        return compute("rouge_l", predictions=[prediction["reply"]], references=[[example.reference]])["rouge_l"]
+        return self.per_example([prediction], [example])["rouge_l"][0]

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ftkit.inference import generate_greedy
-from ftkit.metrics import compute
+from ftkit.metrics import compute, per_example
 from ftkit.tasks.base import Example, Progress, RowError, Task, TaskOptions, batches, register, render, truncate_middle
 
 
@@ -73,9 +73,13 @@ class QA(Task):
             progress(len(batch))
         return predictions
 
-    def score(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
+    def score(self, predictions: Sequence[str], examples: Sequence[Example], only: str | None = None) -> dict[str, float]:
         result = compute("squad", predictions=list(predictions), references=[e.reference for e in examples])
         return {"f1": result["f1"], "exact_match": result["exact_match"]}
 
+    def per_example(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, list[float]]:
+        references = [e.reference for e in examples]
+        return {"f1": per_example("squad_f1", predictions, references), "exact_match": per_example("squad_exact_match", predictions, references)}
+
     def example_score(self, prediction: str, example: Example) -> float:
-        return self.score([prediction], [example])["f1"]
+        return self.per_example([prediction], [example])["f1"][0]

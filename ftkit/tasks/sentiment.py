@@ -107,11 +107,14 @@ class Sentiment(Task):
             progress(len(batch))
         return predictions
 
-    def score(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
+    def score(self, predictions: Sequence[str], examples: Sequence[Example], only: str | None = None) -> dict[str, float]:
         references = [example.reference for example in examples]
         accuracy = compute("accuracy", predictions=predictions, references=references)
         f1 = compute("macro_f1", predictions=predictions, references=references, labels=self.labels)
         return {"accuracy": accuracy["accuracy"], "macro_f1": f1["macro_f1"]}
+
+    def per_example(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, list[float]]:
+        return {"accuracy": [float(p == e.reference) for p, e in zip(predictions, examples)]}
 
     def confusion(self, predictions: Sequence[str], examples: Sequence[Example]) -> tuple[list[str], list[list[int]]]:
         references = [example.reference for example in examples]
