@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="evaluate the base model and adapters on a held-out split",
         description="Evaluate the recipe's base model and each --adapter on the same examples (the recipe's "
-        "eval.split, or --data FILE read with the recipe's column mapping). Reports each metric with a 95%% "
+        "eval.split, or --data FILE read with the recipe's column mapping). Reports each metric with a 95% "
         "bootstrap confidence interval and a paired significance test against the base model.",
         epilog="examples:\n"
         "  ftkit eval recipes/sentiment-smollm2-qlora.yaml --adapter runs/sentiment-smollm2-qlora/adapter\n"
