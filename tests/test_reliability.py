@@ -152,3 +152,27 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(write_recipe, monk
     monkeypatch.setattr(torch, "save", real_save)
     assert main(["train", str(path), "--resume", "--no-eval"]) == 0
     assert (run.adapter / "adapter_model.safetensors").is_file()
+
+
+def test_secrets_in_the_environment_never_reach_outputs(write_recipe, monkeypatch, capsys) -> None:
+    secret = "hf_SECRETtoken1234567890"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    path = write_recipe("secret", train={"max_steps": 2})
+    assert main(["train", str(path)]) == 0
+    out = capsys.readouterr()
+    assert secret not in out.out + out.err
+    run = RunDir(load_recipe(path).run_dir)
+    for file in run.path.rglob("*"):
+        if file.is_file():
+            assert secret.encode() not in file.read_bytes(), file
+
+
+def test_trust_remote_code_is_off_by_default_and_warned_about(write_recipe, caplog) -> None:
+    from ftkit.models import load_model
+
+    recipe = load_recipe(write_recipe("trc"))
+    assert recipe.model.trust_remote_code is False
+    with caplog.at_level("WARNING"):
+        load_model(recipe.model.model_copy(update={"trust_remote_code": True}))
+    assert "trust_remote_code is on" in caplog.text
