@@ -12,31 +12,16 @@ import io
 import json
 import math
 import numbers
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ftkit.runs import write_bytes
+
 DPI = 120
 CI_LABEL = "score (95% CI)"
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write a file atomically: a temporary sibling, fsync, then rename over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -49,7 +34,7 @@ def _figure(width: float, height: float) -> Figure:
 def _save(fig: Figure, out: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
-    _write_bytes(out, buffer.getvalue())
+    write_bytes(out, buffer.getvalue())
     return out
 
 
