@@ -253,7 +253,7 @@ def _rows_of(recipe: Recipe, split: str, path: Path | None) -> tuple[str, list[t
         source = data.train
     label = source if isinstance(source, str) else " + ".join(source.values())
     rows = map_columns(read_rows(source, data), data.columns, label)
-    pairs = [(f"{label.split('#')[0]}:row {i}", row) for i, row in enumerate(rows, start=1)]
+    pairs = [(f"{label}:row {i}", row) for i, row in enumerate(rows, start=1)]
     if data.split and path is None and (carved or split == "train"):
         pairs = hash_split(pairs, data.split)[split]
     return label, pairs

@@ -98,9 +98,12 @@ def render_report(recipe: Recipe, task: Task, tokenizer: Any, result: Preflight,
         lines.append(f"{name:<11}{len(split.examples):>7}{len(split.skipped):>9}  {split.source}")
         lines += [f"    skipped: {problem}" for problem in split.skipped[:3]]
     labels = Counter(str(e.reference) for e in result.splits["train"].examples if isinstance(e.reference, str) and task.confusion)
-    if labels and len(labels) <= 50:
-        total = sum(labels.values())
+    total = sum(labels.values())
+    if labels and len(labels) <= 20:
         lines.append("label balance (train): " + ", ".join(f"{k} {v} ({100 * v / total:.1f}%)" for k, v in sorted(labels.items())))
+    elif labels:
+        (rare, low), (common, high) = min(labels.items(), key=lambda kv: kv[1]), max(labels.items(), key=lambda kv: kv[1])
+        lines.append(f"label balance (train): {len(labels)} labels; fewest {rare} {low} rows, most {common} {high} rows")
     for name, enc in result.encoded.items():
         lengths = [len(r.input_ids) for r in enc.rows]
         eos = sum(tokenizer.eos_token_id in _trained(r) for r in enc.rows)
