@@ -110,6 +110,36 @@ class NanGuard(TrainerCallback):
             )
 
 
+class CompletionLossTrainer(Trainer):
+    """The Trainer, with the LM head and the loss computed only where a token carries loss.
+
+    A sentiment example is ~50 prompt tokens and 2 trained tokens; projecting every position onto
+    a 49k vocabulary (and back-propagating through the softmax) is wasted work and the largest
+    activation in memory. Positions are kept where any row of the batch has a trained next token
+    (`logits_to_keep` with indices), and the summed loss is divided by the Trainer's count of
+    trained tokens in the whole accumulated batch, so gradient accumulation stays exact.
+    """
+
+    loss_is_scaled_for_ga = True
+
+    def compute_loss(self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None) -> Any:
+        labels = inputs.pop("labels")
+        keep = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+        outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+        targets = labels[:, keep + 1]
+        loss = torch.nn.functional.cross_entropy(
+            outputs.logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        if num_items_in_batch is None:
+            loss = loss / (targets != IGNORE_INDEX).sum().clamp(min=1)
+        else:
+            loss = loss / num_items_in_batch
+            if self.args.average_tokens_across_devices:  # the count was summed over processes; gradients are averaged
+                loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+
 @dataclass
 class TrainResult:
     model: Any  # the PeftModel, adapter named "default", still in memory for evaluation
@@ -188,7 +218,7 @@ def train(recipe: Recipe, run: RunDir, *, resume: bool = False, checks: Prefligh
     before = adapters.lora_snapshot(model)
 
     log = RunLog(run)
-    trainer = Trainer(
+    trainer = CompletionLossTrainer(
         model=model,
         args=training_arguments(recipe, run, val_set is not None),
         data_collator=Collator(loaded.tokenizer.pad_token_id),

@@ -126,3 +126,22 @@ def test_collator_pads_with_pad_and_masks_padding() -> None:
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_completion_only_lm_head_gives_the_full_sequence_loss(tiny_model_dir, tokenizer, tmp_path) -> None:
+    """Projecting only loss-carrying positions onto the vocabulary changes the cost, not the loss."""
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from ftkit.tasks.base import encode_prompt_completion
+    from ftkit.train import CompletionLossTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    rows = [encode_prompt_completion(tokenizer, p, c, 64) for p, c in
+            [("Review: fine\nSentiment:", " positive"), ("Review: a much longer text about a kettle\nSentiment:", " very negative")]]
+    batch = Collator(tokenizer.pad_token_id)([{"input_ids": r.input_ids, "labels": r.labels} for r in rows])
+    trainer = CompletionLossTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+    with torch.no_grad():
+        fast, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True)
+        full = model(**batch).loss
+    assert outputs.logits.shape[1] < batch["input_ids"].shape[1] // 2, "only a few positions reach the LM head"
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
