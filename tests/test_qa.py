@@ -46,3 +46,10 @@ def test_predict_returns_one_line_per_example(qa, tokenizer, tiny_model_dir) -> 
     assert len(predictions) == 3 and all("\n" not in p for p in predictions)
     # Batched generation is independent of batch composition.
     assert qa.predict(model, tokenizer, examples[2:], batch_size=1, progress=lambda n: None) == predictions[2:]
+
+
+def test_first_non_empty_line_is_the_answer() -> None:
+    from ftkit.tasks.qa import first_line
+
+    assert first_line("\n  Paris\nThe capital of France") == "Paris"
+    assert first_line("\n\n") == ""

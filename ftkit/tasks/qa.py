@@ -28,6 +28,11 @@ class QAOptions(TaskOptions):
     max_new_tokens: int = Field(default=24, ge=1, le=512, description="longest answer generated at evaluation")
 
 
+def first_line(text: str) -> str:
+    """The answer is the first non-empty line: a base model that starts with a newline still gets a fair score."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
 @register
 class QA(Task):
     name = "qa"
@@ -69,7 +74,7 @@ class QA(Task):
         for batch in batches(examples, batch_size):
             prompts = [truncate_middle(tokenizer(e.prompt)["input_ids"], budget) for e in batch]
             replies = generate_greedy(model, tokenizer, prompts, self.options.max_new_tokens)
-            predictions += [reply.split("\n")[0].strip() for reply in replies]
+            predictions += [first_line(reply) for reply in replies]
             progress(len(batch))
         return predictions
 
