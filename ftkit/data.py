@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftkit.errors import FtkitError
 from ftkit.recipe import HUB_PREFIX, DataConfig, Recipe, SplitConfig
 from ftkit.tasks import Task
-from ftkit.tasks.base import Encoded, Example, RowError
+from ftkit.encoding import Encoded
+from ftkit.errors import FtkitError, RowError
+from ftkit.tasks.base import Example
 
 EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 BUILDERS = {"csv": ("csv", {}), "tsv": ("csv", {"sep": "\t"}), "parquet": ("parquet", {})}

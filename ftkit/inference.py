@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ftkit.tasks.base import IGNORE_INDEX, Encoded
+from ftkit.encoding import IGNORE_INDEX, Encoded
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -77,3 +77,41 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
     )
     new_tokens = output[:, batch["input_ids"].shape[1] :]
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
+
+
+@torch.inference_mode()
+def score_options(model: Any, pad_id: int, prompts: Sequence[Sequence[int]], options: Sequence[Sequence[int]]) -> list[list[float]]:
+    """Log-likelihood of every option after every prompt, with each prompt run once.
+
+    The prompts (left-padded) go through the model once; their KV cache is repeated for each
+    option and only the few option tokens are run on top. Scoring K labels costs one prompt pass
+    instead of K, and the LM head sees only the last prompt position and the option tokens.
+    Returns scores[prompt][option]. Options must be non-empty (label tokens, usually ending in EOS).
+    """
+    device = next(model.parameters()).device
+    k, batch = len(options), left_pad(prompts, pad_id, device)
+    first = model(**batch, use_cache=True, logits_to_keep=1)
+    first_logprobs = torch.log_softmax(first.logits[:, -1].float(), dim=-1)  # predicts each option's first token
+    cache = first.past_key_values
+    cache.batch_repeat_interleave(k)
+
+    width = max(len(option) for option in options)
+    option_ids = torch.full((k, width), pad_id, dtype=torch.long, device=device)
+    option_mask = torch.zeros((k, width), dtype=torch.long, device=device)
+    for i, option in enumerate(options):
+        option_ids[i, : len(option)] = torch.tensor(option, device=device)
+        option_mask[i, : len(option)] = 1
+    rows = len(prompts)
+    start = batch["attention_mask"].sum(-1).repeat_interleave(k).unsqueeze(-1)  # next position of each prompt
+    second = model(
+        input_ids=option_ids.repeat(rows, 1),
+        attention_mask=torch.cat([batch["attention_mask"].repeat_interleave(k, 0), option_mask.repeat(rows, 1)], dim=1),
+        position_ids=start + torch.arange(width, device=device),
+        past_key_values=cache,
+        use_cache=False,
+    )
+    logprobs = torch.log_softmax(second.logits[:, :-1].float(), dim=-1)  # position j predicts option token j + 1
+    targets = option_ids[:, 1:].repeat(rows, 1)
+    picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * option_mask[:, 1:].repeat(rows, 1)
+    firsts = first_logprobs[:, option_ids[:, 0]]  # [rows, k]
+    return (firsts + picked.sum(-1).view(rows, k)).tolist()

@@ -16,7 +16,7 @@ from ftkit.data import EncodedSplit, LoadedSplit, Overlap, encode_examples, find
 from ftkit.errors import FtkitError
 from ftkit.recipe import Recipe
 from ftkit.tasks import Task
-from ftkit.tasks.base import IGNORE_INDEX
+from ftkit.encoding import IGNORE_INDEX
 
 HELD_OUT = ("validation", "test")
 

@@ -26,7 +26,7 @@ from ftkit.preflight import Preflight, run_checks
 from ftkit.recipe import Recipe
 from ftkit.runs import RunDir, append_jsonl, staged_dir, write_manifest
 from ftkit.tasks import Task, get_task
-from ftkit.tasks.base import IGNORE_INDEX, Encoded
+from ftkit.encoding import IGNORE_INDEX, Encoded
 
 
 class TrainingError(FtkitError):

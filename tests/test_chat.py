@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ftkit.tasks import get_task
-from ftkit.tasks.base import IGNORE_INDEX, RowError
+from ftkit.encoding import IGNORE_INDEX
+from ftkit.errors import RowError
 from ftkit.tasks.chat import ChatOptions
 
 CONVERSATION = [

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from ftkit.inference import score_completions
 from ftkit.tasks import get_task
-from ftkit.tasks.base import encode_prompt_completion
+from ftkit.encoding import encode_prompt_completion
 from ftkit.tasks.sentiment import SentimentOptions
 
 
@@ -46,3 +46,19 @@ def test_predict_picks_the_highest_scoring_label(tiny, tokenizer) -> None:
             for label in ("negative", "positive")
         ]
         assert prediction == ("negative", "positive")[scores.index(max(scores))]
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_shared_prompt_option_scores_equal_full_sequences(tiny_model_dir, tokenizer, quantization) -> None:
+    from ftkit.inference import score_options
+    from ftkit.models import load_model
+    from ftkit.recipe import ModelConfig
+
+    model = load_model(ModelConfig(source=str(tiny_model_dir), quantization=quantization)).model.eval()
+    prompts = ["Review: short\nSentiment:", "Review: a much longer review about a toaster that burnt bread\nSentiment:"]
+    labels = [" negative", " very positive", " ok"]
+    options = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in labels]
+    scores = score_options(model, tokenizer.pad_token_id, [tokenizer(p)["input_ids"] for p in prompts], options)
+    for i, prompt in enumerate(prompts):
+        expected = [_full_sequence_logprob(model, encode_prompt_completion(tokenizer, prompt, c, 64)) for c in labels]
+        assert scores[i] == pytest.approx(expected, abs=2e-4)

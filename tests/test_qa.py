@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ftkit.tasks import get_task
-from ftkit.tasks.base import RowError
+from ftkit.errors import RowError
 from ftkit.tasks.qa import QAOptions
 
 

@@ -132,7 +132,7 @@ def test_completion_only_lm_head_gives_the_full_sequence_loss(tiny_model_dir, to
     """Projecting only loss-carrying positions onto the vocabulary changes the cost, not the loss."""
     from transformers import AutoModelForCausalLM, TrainingArguments
 
-    from ftkit.tasks.base import encode_prompt_completion
+    from ftkit.encoding import encode_prompt_completion
     from ftkit.train import CompletionLossTrainer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()

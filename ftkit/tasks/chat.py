@@ -18,7 +18,9 @@ from pydantic import Field
 
 from ftkit.inference import generate_greedy, score_completions
 from ftkit.metrics import compute, per_example
-from ftkit.tasks.base import IGNORE_INDEX, Encoded, Example, Progress, RowError, Task, TaskOptions, batches, register
+from ftkit.encoding import IGNORE_INDEX, Encoded
+from ftkit.errors import RowError
+from ftkit.tasks.base import Example, Progress, Task, TaskOptions, batches, register
 
 ROLES = ("system", "user", "assistant")
 

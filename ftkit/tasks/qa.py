@@ -13,7 +13,9 @@ from pydantic import Field
 
 from ftkit.inference import generate_greedy
 from ftkit.metrics import compute, per_example
-from ftkit.tasks.base import Example, Progress, RowError, Task, TaskOptions, batches, register, render, truncate_middle
+from ftkit.encoding import truncate_middle
+from ftkit.errors import RowError
+from ftkit.tasks.base import Example, Progress, Task, TaskOptions, batches, register, render
 
 
 class QAOptions(TaskOptions):

@@ -12,9 +12,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from ftkit.inference import score_completions
+from ftkit.inference import score_options
 from ftkit.metrics import compute
-from ftkit.tasks.base import Example, Progress, RowError, Task, TaskOptions, batches, encode_prompt_completion, register, render
+from ftkit.encoding import truncate_middle
+from ftkit.errors import RowError
+from ftkit.tasks.base import Example, Progress, Task, TaskOptions, batches, register, render
 
 
 class SentimentOptions(TaskOptions):
@@ -93,17 +95,13 @@ class Sentiment(Task):
     ) -> list[str]:
         """Score all label options of a batch of examples in one forward pass; pick the most likely."""
         labels = self.labels
+        options = [tokenizer(f" {label}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for label in labels]
+        budget = self.max_length - max(len(option) for option in options)
         predictions: list[str] = []
         for batch in batches(examples, batch_size):
-            encoded = [
-                encode_prompt_completion(tokenizer, example.prompt, f" {label}", self.max_length)
-                for example in batch
-                for label in labels
-            ]
-            scores = score_completions(model, tokenizer.pad_token_id, encoded)
-            for i in range(len(batch)):
-                row = scores[i * len(labels) : (i + 1) * len(labels)]
-                predictions.append(labels[max(range(len(labels)), key=row.__getitem__)])
+            prompts = [truncate_middle(tokenizer(example.prompt)["input_ids"], budget) for example in batch]
+            for scores in score_options(model, tokenizer.pad_token_id, prompts, options):
+                predictions.append(labels[max(range(len(labels)), key=scores.__getitem__)])
             progress(len(batch))
         return predictions
 
