@@ -98,7 +98,7 @@ def evaluate_adapters(
     examples = _eval_examples(recipe, task, split, data)
     loaded = load_model(recipe.model)
     model, names = _stack_adapters(loaded.model, adapters)
-    report = evaluation.evaluate(task, model, loaded.tokenizer, examples, names, recipe.eval, split=str(data or split))
+    report = evaluation.evaluate(task, model, loaded.tokenizer, examples, names, recipe.eval, split=data.name if data else split)
     out = out or recipe.run_dir / "eval"
     train_log = recipe.run_dir / "train_log.jsonl"
     written = evaluation.write_reports(report, out, train_log=train_log if train_log.is_file() else None)
