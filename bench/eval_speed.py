@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ftkit.data import load_split
+from ftkit.evaluation import predict_system
 from ftkit.models import load_model
 from ftkit.recipe import load_recipe
 from ftkit.tasks import get_task
@@ -60,7 +61,7 @@ def main() -> None:
         for name in timings:
             started = time.perf_counter()
             if name == "batched label scoring":
-                predictions = task.predict(model, tokenizer, examples, args.batch_size, lambda n: None)
+                predictions, _ = predict_system(task, model, tokenizer, examples, args.batch_size, name)
             else:
                 predictions = generate_one_at_a_time(model, tokenizer, examples, labels)
             timings[name].append(time.perf_counter() - started)

@@ -89,12 +89,25 @@ def _as_system(model: Any, adapter: str | None) -> Iterator[None]:
 
 
 def predict_system(task: Task, model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int, name: str) -> tuple[list[Any], float]:
-    """Predictions for every example with a progress bar in examples/s; returns (predictions, seconds)."""
+    """Predictions for every example, in input order, with a progress bar in examples/s.
+
+    Examples are batched by length (longest first, so a batch too big for memory shows at once)
+    to cut padding; predictions are put back in input order. Returns (predictions, seconds).
+    """
     model.eval()
+    order = sorted(range(len(examples)), key=lambda i: -_length(examples[i]))
     with tqdm(total=len(examples), desc=f"eval {name}", unit="ex", dynamic_ncols=True) as bar:
         started = time.perf_counter()
-        predictions = task.predict(model, tokenizer, examples, batch_size, bar.update)
-        return predictions, time.perf_counter() - started
+        ordered = task.predict(model, tokenizer, [examples[i] for i in order], batch_size, bar.update)
+        seconds = time.perf_counter() - started
+    predictions: list[Any] = [None] * len(examples)
+    for position, index in enumerate(order):
+        predictions[index] = ordered[position]
+    return predictions, seconds
+
+
+def _length(example: Example) -> int:
+    return len(example.prompt) + sum(len(turn["content"]) for turn in example.messages or ())
 
 
 def evaluate(
