@@ -97,7 +97,7 @@ def render_report(recipe: Recipe, task: Task, tokenizer: Any, result: Preflight,
     for name, split in result.splits.items():
         lines.append(f"{name:<11}{len(split.examples):>7}{len(split.skipped):>9}  {split.source}")
         lines += [f"    skipped: {problem}" for problem in split.skipped[:3]]
-    labels = Counter(str(e.reference) for e in result.splits["train"].examples if isinstance(e.reference, str) and task.confusion)
+    labels = Counter(label for e in result.splits["train"].examples if (label := task.label_of(e)) is not None)
     total = sum(labels.values())
     if labels and len(labels) <= 20:
         lines.append("label balance (train): " + ", ".join(f"{k} {v} ({100 * v / total:.1f}%)" for k, v in sorted(labels.items())))
@@ -124,7 +124,8 @@ def render_report(recipe: Recipe, task: Task, tokenizer: Any, result: Preflight,
     for example, enc in list(zip(result.splits["train"].examples, result.encoded["train"].rows))[:2]:
         lines.append(f"example {example.where} (loss only on «...»):")
         lines += [f"    {line}" for line in render_example(tokenizer, enc).splitlines()]
-    lines += [f"FATAL: {problem}" for problem in result.fatal]
+    if result.fatal:
+        lines.append("training would refuse to start (see the errors below)")
     return "\n".join(lines)
 
 

@@ -75,6 +75,10 @@ class Task(ABC):
     def score(self, predictions: Sequence[Any], examples: Sequence[Example], only: str | None = None) -> dict[str, float]:
         """Corpus-level metrics, keyed by metric name (just `only`, when given: the bootstrap asks one at a time)."""
 
+    def label_of(self, example: Example) -> str | None:
+        """The example's class, for tasks that classify (shown as label balance); None otherwise."""
+        return None
+
     def needs_training_data(self) -> bool:
         """Whether `observe` must see the training examples before this task can predict."""
         return False

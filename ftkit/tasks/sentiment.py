@@ -55,6 +55,9 @@ class Sentiment(Task):
             raise RowError("task.labels is null and no training data was seen to infer the labels from")
         return self.options.labels
 
+    def label_of(self, example: Example) -> str:
+        return example.reference
+
     def needs_training_data(self) -> bool:
         return self.options.labels is None
 
