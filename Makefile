@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast bench-eval clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,9 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+bench-eval: setup
+	$(BIN)/python bench/eval_speed.py
 
 clean:
 	rm -rf runs .pytest_cache

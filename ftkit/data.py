@@ -331,24 +331,36 @@ def find_overlap(train: list[Example], held_out: list[Example], split: str, thre
 @dataclass
 class EncodedSplit:
     rows: list[Encoded]
+    examples: list[Example]  # the examples encoded, aligned with rows
+    skipped: list[str]  # "file:row N: problem" for examples dropped under data.bad_rows: skip
     truncated: int  # examples whose prompt was cut to fit data.max_length
     tokens: int  # all tokens
     trained_tokens: int  # tokens that carry loss
 
 
-def encode_examples(task: Task, tokenizer: Any, examples: list[Example]) -> EncodedSplit:
-    """Tokenise every example once; an example with no trained token is an error, not a silent skip."""
-    rows = []
+def encode_examples(task: Task, tokenizer: Any, examples: list[Example], *, skip_bad: bool = False) -> EncodedSplit:
+    """Tokenise every example once.
+
+    An example that cannot be encoded (a completion longer than data.max_length) or that has no
+    trained token is an error naming its row, or, with `skip_bad`, a counted skip; never silent.
+    """
+    rows, kept, skipped = [], [], []
     for example in examples:
         try:
             encoded = task.encode(example, tokenizer)
+            if encoded.trained_tokens == 0:
+                raise RowError("no token of this example carries loss after truncation; raise data.max_length")
         except RowError as error:
-            raise DataError(f"{example.where}: {error}") from None
-        if encoded.trained_tokens == 0:
-            raise DataError(f"{example.where}: no token of this example carries loss after truncation; raise data.max_length")
+            if not skip_bad:
+                raise DataError(f"{example.where}: {error}") from None
+            skipped.append(f"{example.where}: {error}")
+            continue
         rows.append(encoded)
+        kept.append(example)
     return EncodedSplit(
         rows=rows,
+        examples=kept,
+        skipped=skipped,
         truncated=sum(r.prompt_truncated for r in rows),
         tokens=sum(len(r.input_ids) for r in rows),
         trained_tokens=sum(r.trained_tokens for r in rows),

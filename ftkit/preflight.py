@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ftkit.data import EncodedSplit, LoadedSplit, Overlap, encode_examples, find_overlap, load_split
+from ftkit.data import DataError, EncodedSplit, LoadedSplit, Overlap, encode_examples, find_overlap, load_split
 from ftkit.errors import FtkitError
 from ftkit.recipe import Recipe
 from ftkit.tasks import Task
@@ -45,7 +45,12 @@ def run_checks(recipe: Recipe, task: Task, tokenizer: Any) -> Preflight:
     for name in HELD_OUT:
         if recipe.data.has_split(name):
             splits[name] = load_split(recipe, task, name)
-    encoded = {name: encode_examples(task, tokenizer, split.examples) for name, split in splits.items()}
+    encoded = {}
+    for name, split in splits.items():
+        encoded[name] = encode_examples(task, tokenizer, split.examples, skip_bad=recipe.data.bad_rows == "skip")
+        split.examples, split.skipped = encoded[name].examples, split.skipped + encoded[name].skipped
+        if not split.examples:
+            raise DataError(f"{split.source}: no usable rows in split '{name}' (all {len(split.skipped)} skipped)")
     overlaps = [
         find_overlap(splits["train"].examples, splits[name].examples, name, recipe.data.near_duplicate_jaccard)
         for name in HELD_OUT
@@ -108,8 +113,7 @@ def render_report(recipe: Recipe, task: Task, tokenizer: Any, result: Preflight,
         lengths = [len(r.input_ids) for r in enc.rows]
         eos = sum(tokenizer.eos_token_id in _trained(r) for r in enc.rows)
         lines.append(
-            f"{name}: tokens/example {_percentiles(lengths)}; truncated {enc.truncated} of {len(enc.rows)} "
-            f"(completion never cut); trained tokens {enc.trained_tokens} of {enc.tokens} "
+            f"{name}: tokens/example {_percentiles(lengths)}; truncated {enc.truncated} of {len(enc.rows)}; trained tokens {enc.trained_tokens} of {enc.tokens} "
             f"({100 * enc.trained_tokens / max(1, enc.tokens):.1f}%); EOS carries loss in {eos} of {len(enc.rows)}"
         )
     lines.append("examples with no trained token: 0 (any would be an error naming its row)")

@@ -156,3 +156,16 @@ def test_hub_sources_validate_offline_and_fail_clearly_without_a_network(tmp_pat
     assert recipe.data.train == "hub:stanfordnlp/sst2#train"
     with pytest.raises(DataError, match="hub:stanfordnlp/sst2#train: cannot load from the hub"):
         read_rows(recipe.data.train)
+
+
+def test_rows_too_long_to_encode_are_skipped_with_a_count_when_asked(write_recipe, sentiment_files, tmp_path, capsys) -> None:
+    rows = [json.loads(line) for line in sentiment_files["train"].read_text().splitlines()]
+    indexed = _jsonl(tmp_path / "indexed.jsonl", [{"text": r["text"], "label": int(r["label"] == "positive")} for r in rows])
+    data = {"train": str(indexed), "validation": None, "test": str(indexed), "max_length": 16, "allow_overlap": True}
+    task = {"labels": ["no", "an extremely long label " * 10]}
+    assert main(["data", str(write_recipe("strict", task=task, data=data))]) == 2
+    assert "the completion alone is" in capsys.readouterr().err
+    assert main(["data", str(write_recipe("lenient", task=task, data=data | {"bad_rows": "skip"}))]) == 0
+    out = capsys.readouterr().out
+    positives = sum(r["label"] == "positive" for r in rows)
+    assert f"train       {len(rows) - positives:>7}{positives:>9}" in out and "the completion alone is" in out

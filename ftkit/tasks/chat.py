@@ -89,10 +89,7 @@ class Chat(Task):
 
     def encode(self, example: Example, tokenizer: Any) -> Encoded:
         """Labels on every assistant span; an over-long conversation loses its oldest tokens."""
-        try:
-            ids, spans = assistant_spans(tokenizer, example.messages or ())
-        except RowError as error:
-            raise RowError(f"{example.where}: {error}") from None
+        ids, spans = assistant_spans(tokenizer, example.messages or ())
         labels = [IGNORE_INDEX] * len(ids)
         for start, end in spans:
             labels[start:end] = ids[start:end]
