@@ -168,4 +168,4 @@ def test_rows_too_long_to_encode_are_skipped_with_a_count_when_asked(write_recip
     assert main(["data", str(write_recipe("lenient", task=task, data=data | {"bad_rows": "skip"}))]) == 0
     out = capsys.readouterr().out
     positives = sum(r["label"] == "positive" for r in rows)
-    assert f"train       {len(rows) - positives:>7}{positives:>9}" in out and "the completion alone is" in out
+    assert f"{'train':<11}{len(rows) - positives:>7}{positives:>9}" in out and "the completion alone is" in out
