@@ -8,6 +8,7 @@ afterwards, like any local model.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -82,8 +83,13 @@ def convert_gguf(gguf: Path) -> Path:
     return target
 
 
+@functools.cache
 def resolve_source(source: str) -> str:
-    """A local folder or a hub id that `from_pretrained` can take."""
+    """A local folder or a hub id that `from_pretrained` can take.
+
+    Cached per process: `ftkit train` resolves the source for the pre-flight tokenizer and again to
+    load the weights, and a `.gguf` source is found in the conversion cache by the sha256 of its file.
+    """
     if source == "default":
         return str(convert_gguf(default_gguf()))
     if source.endswith(".gguf"):

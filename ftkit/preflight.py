@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ftkit.data import DataError, EncodedSplit, LoadedSplit, Overlap, encode_examples, find_overlap, load_split
-from ftkit.errors import FtkitError
-from ftkit.recipe import Recipe
-from ftkit.tasks import Task
 from ftkit.encoding import IGNORE_INDEX
+from ftkit.errors import FtkitError
+from ftkit.models import load_tokenizer, resolve_source
+from ftkit.recipe import Recipe
+from ftkit.tasks import Task, get_task
 
 HELD_OUT = ("validation", "test")
 
@@ -28,6 +29,8 @@ class PreflightError(FtkitError):
 @dataclass
 class Preflight:
     task: Task  # with settings learnt from the training split (e.g. inferred labels)
+    tokenizer: Any  # the base model's tokenizer, which encoded the splits
+    source: str  # the resolved model folder or hub id
     splits: dict[str, LoadedSplit]
     encoded: dict[str, EncodedSplit]
     overlaps: list[Overlap]
@@ -38,7 +41,14 @@ class Preflight:
             raise PreflightError("\n".join(self.fatal))
 
 
-def run_checks(recipe: Recipe, task: Task, tokenizer: Any) -> Preflight:
+def check_recipe(recipe: Recipe) -> Preflight:
+    """The recipe's task and tokenizer (no model weights), then every check below."""
+    source = resolve_source(recipe.model.source)
+    task = get_task(recipe.task, recipe.data.max_length)
+    return run_checks(recipe, task, load_tokenizer(source, recipe.model), source)
+
+
+def run_checks(recipe: Recipe, task: Task, tokenizer: Any, source: str) -> Preflight:
     """Load and tokenise every split, find train/held-out overlap, and collect fatal findings."""
     splits = {"train": load_split(recipe, task, "train")}
     task.observe(splits["train"].examples)
@@ -56,7 +66,7 @@ def run_checks(recipe: Recipe, task: Task, tokenizer: Any) -> Preflight:
         for name in HELD_OUT
         if name in splits
     ]
-    result = Preflight(task, splits, encoded, overlaps)
+    result = Preflight(task, tokenizer, source, splits, encoded, overlaps)
     for overlap in overlaps:
         if overlap.exact and not recipe.data.allow_overlap:
             held, seen = overlap.exact[0]
@@ -96,7 +106,8 @@ def render_example(tokenizer: Any, encoded: Any) -> str:
     return "".join(out) + ("»" if trained else "")
 
 
-def render_report(recipe: Recipe, task: Task, tokenizer: Any, result: Preflight, memory: str) -> str:
+def render_report(recipe: Recipe, result: Preflight) -> str:
+    task, tokenizer = result.task, result.tokenizer
     lines = [f"task {task.name}, max_length {recipe.data.max_length} tokens"]
     lines.append(f"{'split':<11}{'rows':>7}{'skipped':>9}  source")
     for name, split in result.splits.items():
@@ -124,7 +135,7 @@ def render_report(recipe: Recipe, task: Task, tokenizer: Any, result: Preflight,
         )
         lines += [f"    exact: {held.where} = {seen.where}: {held.content[:70]!r}" for held, seen in overlap.exact[:3]]
         lines += [f"    near ({score:.2f}): {held.where} ~ {seen.where}" for held, seen, score in overlap.near[:3]]
-    lines.append(f"peak memory estimate: {memory}")
+    lines.append(f"peak memory estimate: {estimate_memory(recipe, result.source)}")
     for example, enc in list(zip(result.splits["train"].examples, result.encoded["train"].rows))[:2]:
         lines.append(f"example {example.where} (loss only on «...»):")
         lines += [f"    {line}" for line in render_example(tokenizer, enc).splitlines()]

@@ -21,11 +21,10 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ftkit import adapters
 from ftkit.errors import FtkitError
-from ftkit.models import LoadedModel, compute_dtype, load_model, load_tokenizer, resolve_source
-from ftkit.preflight import Preflight, run_checks
+from ftkit.models import LoadedModel, compute_dtype, load_model
+from ftkit.preflight import Preflight, check_recipe
 from ftkit.recipe import Recipe
 from ftkit.runs import RunDir, append_jsonl, staged_dir, write_manifest
-from ftkit.tasks import Task, get_task
 from ftkit.encoding import IGNORE_INDEX, Encoded
 
 
@@ -152,8 +151,7 @@ class TrainResult:
     train_examples: int
     truncated: int
     lora_change: float
-    task: Task  # with any settings learnt from the training data (e.g. inferred labels)
-    checks: Preflight  # the loaded, tokenised splits
+    checks: Preflight  # the task, tokenizer and loaded, tokenised splits
 
 
 def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool) -> TrainingArguments:
@@ -199,19 +197,11 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool) -> Tra
     )
 
 
-def preflight(recipe: Recipe) -> Preflight:
-    """The pre-flight checks, raising on fatal findings: run before anything is written."""
-    task: Task = get_task(recipe.task, recipe.data.max_length)
-    checks = run_checks(recipe, task, load_tokenizer(resolve_source(recipe.model.source), recipe.model))
-    checks.raise_if_fatal()
-    return checks
-
-
 def train(recipe: Recipe, run: RunDir, *, resume: bool = False, checks: Preflight | None = None) -> TrainResult:
     """Fine-tune the recipe's adapter; the adapter is written to `run.adapter` when done."""
     set_seed(recipe.train.seed)
-    checks = checks or preflight(recipe)
-    task = checks.task
+    checks = checks or check_recipe(recipe)
+    checks.raise_if_fatal()
     loaded: LoadedModel = load_model(recipe.model)
     train_set, val_set = checks.encoded["train"], checks.encoded.get("validation")
     model = adapters.attach(loaded.model, recipe.adapter, recipe.train.gradient_checkpointing)
@@ -249,6 +239,5 @@ def train(recipe: Recipe, run: RunDir, *, resume: bool = False, checks: Prefligh
         train_examples=len(train_set.rows),
         truncated=train_set.truncated,
         lora_change=change,
-        task=task,
         checks=checks,
     )

@@ -41,7 +41,8 @@ def _check_resume_matches(recipe: Recipe, run: runs.RunDir) -> None:
 
 
 def train_and_evaluate(recipe_path: Path, overrides: list[str], *, overwrite: bool, resume: bool, evaluate: bool) -> int:
-    from ftkit.train import preflight, train
+    from ftkit.preflight import check_recipe
+    from ftkit.train import train
 
     recipe = load_recipe(recipe_path, overrides)
     with runs.locked(runs.RunDir(recipe.run_dir)):
@@ -49,7 +50,8 @@ def train_and_evaluate(recipe_path: Path, overrides: list[str], *, overwrite: bo
         runs.check_target(recipe.run_dir, overwrite=overwrite, resume=resume)
         if resume:
             _check_resume_matches(recipe, runs.RunDir(recipe.run_dir))
-        checks = preflight(recipe)
+        checks = check_recipe(recipe)
+        checks.raise_if_fatal()
         run = runs.prepare(recipe.run_dir, overwrite=overwrite, resume=resume)
         runs.write_text(run.recipe, recipe.to_yaml())
         print(f"run directory: {run.path}", file=sys.stderr)
@@ -72,7 +74,7 @@ def train_and_evaluate(recipe_path: Path, overrides: list[str], *, overwrite: bo
             return 0
         examples = result.checks.splits[recipe.eval.split].examples[: recipe.eval.max_examples]
         report = evaluation.evaluate(
-            result.task, result.model, result.tokenizer, examples, {"adapter": "default"}, recipe.eval, split=recipe.eval.split
+            result.checks.task, result.model, result.tokenizer, examples, {"adapter": "default"}, recipe.eval, split=recipe.eval.split
         )
         report.training = summary | {"peak_rss_mb": round(peak_rss_mb())}
         written = evaluation.write_reports(report, run.path, train_log=run.train_log)
@@ -130,14 +132,10 @@ def _label(folder: Path, taken: dict[str, str]) -> str:
 
 def inspect_data(recipe_path: Path, overrides: list[str]) -> int:
     """`ftkit data`: the pre-flight report; exit 2 when training would refuse to start."""
-    from ftkit.models import load_tokenizer, resolve_source
-    from ftkit.preflight import estimate_memory, render_report, run_checks
+    from ftkit.preflight import check_recipe, render_report
 
     recipe = load_recipe(recipe_path, overrides)
-    task = get_task(recipe.task, recipe.data.max_length)
-    source = resolve_source(recipe.model.source)
-    tokenizer = load_tokenizer(source, recipe.model)
-    result = run_checks(recipe, task, tokenizer)
-    print(render_report(recipe, task, tokenizer, result, estimate_memory(recipe, source)))
+    result = check_recipe(recipe)
+    print(render_report(recipe, result))
     result.raise_if_fatal()
     return 0
