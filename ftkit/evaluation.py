@@ -34,7 +34,7 @@ class SystemResult:
     predictions: list[Any]
     metrics: dict[str, Interval]
     seconds: float
-    example_scores: list[float] = field(default_factory=list)  # the task's per-example quality
+    example_scores: list[float] = field(default_factory=list)  # per example, the primary metric (or 1.0 = right)
     confusion: tuple[list[str], list[list[int]]] | None = None  # classification tasks only
     per_example: dict[str, list[float]] = field(default_factory=dict)  # metrics that are means of these
 
@@ -134,7 +134,7 @@ def evaluate(
             else bootstrap_ci(rows, _statistic(task, metric), n_resamples=cfg.bootstrap, seed=0)
             for metric in metric_names
         }
-        scores = [task.example_score(p, e) for p, e in rows]
+        scores = means.get(task.metrics[0]) or [float(p == e.reference) for p, e in rows]
         systems.append(SystemResult(name, predictions, intervals, seconds, scores, task.confusion(predictions, examples), means))
     comparisons = [
         _compare(task, systems[0], system, metric, examples, cfg.bootstrap) for system in systems[1:] for metric in metric_names

@@ -33,7 +33,7 @@ def test_score_is_best_over_acceptable_answers(qa) -> None:
     scores = qa.score(["In 1998.", "Ana Ruiz"], examples)
     assert scores["exact_match"] == pytest.approx(0.5)
     assert scores["f1"] == pytest.approx((1.0 + 2 * (2 / 3 * 1.0) / (2 / 3 + 1.0)) / 2)
-    assert qa.example_score("the 1998", examples[0]) == 1.0
+    assert qa.per_example(["the 1998"], examples[:1]) == {"f1": [1.0], "exact_match": [1.0]}
 
 
 def test_predict_returns_one_line_per_example(qa, tokenizer, tiny_model_dir) -> None:

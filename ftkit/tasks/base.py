@@ -95,13 +95,9 @@ class Task(ABC):
 
         Their confidence intervals and paired tests resample these numbers directly (vectorised)
         instead of recomputing the metric a thousand times. The first metric's values also rank
-        what an adapter fixed or broke.
+        what an adapter fixed or broke (without them, a prediction is right when it equals the reference).
         """
         return {}
-
-    def example_score(self, prediction: Any, example: Example) -> float:
-        """How good one prediction is (higher is better), to list what an adapter fixed or broke."""
-        return float(prediction == example.reference)
 
 
 def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -133,6 +133,3 @@ class Chat(Task):
 
     def per_example(self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]) -> dict[str, list[float]]:
         return {"rouge_l": per_example("rouge_l", [p["reply"] for p in predictions], [[e.reference] for e in examples])}
-
-    def example_score(self, prediction: dict[str, Any], example: Example) -> float:
-        return self.per_example([prediction], [example])["rouge_l"][0]

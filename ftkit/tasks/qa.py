@@ -87,6 +87,3 @@ class QA(Task):
     def per_example(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, list[float]]:
         references = [e.reference for e in examples]
         return {"f1": per_example("squad_f1", predictions, references), "exact_match": per_example("squad_exact_match", predictions, references)}
-
-    def example_score(self, prediction: str, example: Example) -> float:
-        return self.per_example([prediction], [example])["f1"][0]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from ftkit.inference import score_options
-from ftkit.metrics import compute
+from ftkit.metrics import compute, per_example
 from ftkit.encoding import truncate_middle
 from ftkit.errors import RowError
 from ftkit.tasks.base import Example, Progress, Task, TaskOptions, batches, register, render
@@ -115,7 +115,7 @@ class Sentiment(Task):
         return {"accuracy": accuracy["accuracy"], "macro_f1": f1["macro_f1"]}
 
     def per_example(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, list[float]]:
-        return {"accuracy": [float(p == e.reference) for p, e in zip(predictions, examples)]}
+        return {"accuracy": per_example("accuracy", list(predictions), [e.reference for e in examples])}
 
     def confusion(self, predictions: Sequence[str], examples: Sequence[Example]) -> tuple[list[str], list[list[int]]]:
         references = [example.reference for example in examples]
