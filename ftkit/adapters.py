@@ -59,16 +59,25 @@ def is_quantized(model: Any) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
-def load(model: Any, adapter_dir: Path, name: str = "default") -> Any:
-    """Put a saved adapter on a base model (for evaluation; weights frozen)."""
+def load(model: Any, adapter_dir: Path, name: str = "default", tokenizer: Any | None = None) -> Any:
+    """Put a saved adapter on a base model (weights frozen), after checking it belongs there.
+
+    `model` is a base model or a PeftModel that already holds other adapters (then this one is
+    added beside them under `name`).
+    """
     from peft import PeftModel
 
-    check(adapter_dir)
+    check(adapter_dir, model, tokenizer)
+    if isinstance(model, PeftModel):
+        model.load_adapter(adapter_dir, adapter_name=name, is_trainable=False)
+        return model
     return PeftModel.from_pretrained(model, adapter_dir, adapter_name=name, is_trainable=False)
 
 
-def check(adapter_dir: Path) -> None:
-    """An adapter folder must have a config and match its manifest (sha256 of every file)."""
+def check(adapter_dir: Path, model: Any | None = None, tokenizer: Any | None = None) -> list[str]:
+    """An adapter folder must have a config, match its manifest (sha256 of every file) and, given
+    the base model it is for, have been trained on that base; returns lineage warnings."""
+    from ftkit import lineage
     from ftkit.runs import RunError, verify_manifest
 
     if not (adapter_dir / "adapter_config.json").is_file():
@@ -77,6 +86,10 @@ def check(adapter_dir: Path) -> None:
         verify_manifest(adapter_dir)
     except RunError as error:
         raise AdapterError(str(error)) from None
+    if model is None:
+        return []
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return lineage.check(adapter_dir, base.name_or_path, tokenizer)
 
 
 def lora_snapshot(model: Any) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from ftkit import adapters
+from ftkit import adapters, lineage
 from ftkit.errors import FtkitError
 from ftkit.models import LoadedModel, compute_dtype, load_model
 from ftkit.preflight import Preflight, check_recipe
@@ -197,8 +198,13 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool) -> Tra
     )
 
 
-def train(recipe: Recipe, run: RunDir, *, resume: bool = False, checks: Preflight | None = None) -> TrainResult:
-    """Fine-tune the recipe's adapter; the adapter is written to `run.adapter` when done."""
+def train(recipe: Recipe, run: RunDir, *, resume: bool = False, checks: Preflight | None = None,
+          callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
+    """Fine-tune the recipe's adapter; the adapter is written to `run.adapter` when done.
+
+    `callbacks` are added to ftkit's own (the training benchmark times steps with the same callback
+    it gives the TRL trainer).
+    """
     set_seed(recipe.train.seed)
     checks = checks or check_recipe(recipe)
     checks.raise_if_fatal()
@@ -215,7 +221,7 @@ def train(recipe: Recipe, run: RunDir, *, resume: bool = False, checks: Prefligh
         train_dataset=as_rows(train_set.rows),
         eval_dataset=as_rows(val_set.rows) if val_set else None,
         processing_class=loaded.tokenizer,
-        callbacks=[log, NanGuard()],
+        callbacks=[log, NanGuard(), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -227,7 +233,7 @@ def train(recipe: Recipe, run: RunDir, *, resume: bool = False, checks: Prefligh
     with staged_dir(run.adapter) as stage:
         model.save_pretrained(stage)
         loaded.tokenizer.save_pretrained(stage)
-        write_manifest(stage, {"base_model": recipe.model.source, "recipe": recipe.name})
+        write_manifest(stage, {"lineage": lineage.record(recipe, loaded.source, loaded.tokenizer, checks.splits)})
     return TrainResult(
         model=model,
         tokenizer=loaded.tokenizer,

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ftkit import adapters, evaluation, runs
+from ftkit import adapters, evaluation, lineage, runs
 from ftkit.data import load_split
 from ftkit.errors import FtkitError
 from ftkit.models import load_model
@@ -78,6 +78,7 @@ def train_and_evaluate(recipe_path: Path, overrides: list[str], *, overwrite: bo
         )
         report.training = summary | {"peak_rss_mb": round(peak_rss_mb())}
         written = evaluation.write_reports(report, run.path, train_log=run.train_log)
+        lineage.add_eval_summary(run.adapter, evaluation.to_json(report))
         print(evaluation.render_table(report))
         print("reports: " + ", ".join(str(path) for path in written))
     return 0
@@ -99,7 +100,7 @@ def evaluate_adapters(
         raise FtkitError(f"--data {data}: file not found")
     examples = _eval_examples(recipe, task, split, data)
     loaded = load_model(recipe.model)
-    model, names = _stack_adapters(loaded.model, adapters)
+    model, names = _stack_adapters(loaded.model, loaded.tokenizer, adapters)
     report = evaluation.evaluate(task, model, loaded.tokenizer, examples, names, recipe.eval, split=data.name if data else split)
     out = out or recipe.run_dir / "eval"
     train_log = recipe.run_dir / "train_log.jsonl"
@@ -109,18 +110,12 @@ def evaluate_adapters(
     return 0
 
 
-def _stack_adapters(model: Any, folders: list[Path]) -> tuple[Any, dict[str, str]]:
+def _stack_adapters(model: Any, tokenizer: Any, folders: list[Path]) -> tuple[Any, dict[str, str]]:
     """Load every adapter onto one base model (switched per system), named by its folder."""
     names: dict[str, str] = {}
     for i, folder in enumerate(folders):
-        label = _label(folder, names)
-        internal = f"a{i}"
-        if i == 0:
-            model = adapters.load(model, folder, name=internal)
-        else:
-            adapters.check(folder)
-            model.load_adapter(folder, adapter_name=internal, is_trainable=False)
-        names[label] = internal
+        names[_label(folder, names)] = f"a{i}"
+        model = adapters.load(model, folder, name=f"a{i}", tokenizer=tokenizer)
     return model, names
 
 
