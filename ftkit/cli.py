@@ -13,11 +13,13 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ftkit import __version__
 from ftkit.errors import FtkitError
 
 EXIT_USAGE = 2
+DTYPE_CHOICES = ("bf16", "fp16", "fp32")  # ftkit.merge.DTYPES, without importing torch for --help
 
 OVERRIDES_HELP = "dotted overrides applied to the recipe, e.g. train.max_steps=20 adapter.r=8 model.quantization=8bit"
 
@@ -73,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  ftkit train recipes/sentiment-smollm2-qlora.yaml\n"
         "  ftkit train recipes/sentiment-smollm2-qlora.yaml train.max_steps=20 adapter.r=8 --overwrite\n"
-        "  ftkit train recipes/sentiment-smollm2-qlora.yaml --resume      (after an interruption)",
+        "  ftkit train recipes/sentiment-smollm2-qlora.yaml --resume      (after an interruption)\n"
+        "  ftkit train recipes/sentiment-smollm2-qlora.yaml --nproc 2 train.batch_size=4\n"
+        "      (2 processes, data-parallel; effective batch 4 x 2 x grad_accum, the same as 8 x 1 x grad_accum)\n"
+        "  accelerate launch --config_file recipes/accelerate/ddp.yaml -m ftkit.cli train recipes/x.yaml\n"
+        "  torchrun --nproc_per_node 2 -m ftkit.cli train recipes/x.yaml      (same as --nproc 2 on CPU)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _recipe_args(train)
@@ -81,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     mode.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
     train.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation after training")
+    train.add_argument("--nproc", type=int, metavar="N", help="train in N data-parallel processes, started by torchrun "
+                       "(CPU, gloo) or accelerate launch (CUDA GPUs, one process per GPU); only the main process writes")
     train.set_defaults(run=cmd_train)
 
     data = commands.add_parser(
@@ -140,7 +148,102 @@ def build_parser() -> argparse.ArgumentParser:
         "run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="a run directory (runs/<name>) written by ftkit train"
     )
     compare.set_defaults(run=cmd_compare)
+
+    merge = commands.add_parser(
+        "merge",
+        help="merge an adapter into its base model (verified), or combine adapters into one",
+        description="Merge a LoRA into a full-precision copy of its base model and save a plain transformers folder "
+        "(safetensors, tokenizer with the trained chat template, generation config). Never merges into 4-/8-bit weights: "
+        "an adapter trained on a quantized base is merged into dequant(quant(W)), the weights it was trained on "
+        "(--base original: into the original weights instead). The result is verified on held-out prompts against the "
+        "adapter (max |logit difference|, next-token agreement, greedy generations) and written to "
+        "merge_verification.json; a mismatch is an error and nothing is written.\n\n"
+        "With --adapters, combines several adapters of one base into a new adapter through peft's weighted-adapter "
+        "API instead; evaluate it like any other with ftkit eval --adapter.",
+        epilog="examples:\n"
+        "  ftkit merge runs/sentiment-smollm2-qlora --out exports/sentiment-merged\n"
+        "  ftkit merge runs/sentiment-smollm2-qlora --out exports/sentiment-fp32 --dtype fp32 --base original\n"
+        "  ftkit merge --adapters runs/a runs/b --weights 0.5 0.5 --method ties --out runs/ab-ties/adapter\n"
+        "  ftkit eval recipes/sentiment-smollm2-qlora.yaml --adapter runs/ab-ties/adapter --adapter runs/a/adapter",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    merge.add_argument("target", type=Path, nargs="?", metavar="RUN_DIR|ADAPTER_DIR", help="the run or adapter to merge")
+    merge.add_argument("--out", type=Path, required=True, help="output folder (refused if it exists, unless --overwrite)")
+    merge.add_argument("--dtype", choices=list(DTYPE_CHOICES), default="bf16", help="dtype of the saved weights (default: bf16)")
+    merge.add_argument("--base", choices=["dequantized", "original"], default="dequantized",
+                       help="for adapters trained on a 4-/8-bit base: merge into dequant(quant(W)) (default, reproduces "
+                       "the evaluated adapter) or into the original full-precision weights")
+    merge.add_argument("--probes", type=int, default=8, metavar="N", help="held-out prompts to verify on (default: 8)")
+    merge.add_argument("--adapters", type=Path, nargs="+", metavar="DIR", help="combine these adapters (instead of merging)")
+    merge.add_argument("--weights", type=float, nargs="+", help="one weight per --adapters entry")
+    merge.add_argument("--method", choices=["linear", "cat", "ties", "dare_ties", "dare_linear", "svd"], default="linear",
+                       help="how --adapters are combined (peft add_weighted_adapter; linear needs equal ranks)")
+    merge.add_argument("--density", type=float, default=0.5, help="share of weights kept by ties/dare methods (default: 0.5)")
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    merge.set_defaults(run=cmd_merge)
+    _chat_and_serve(commands)
     return parser
+
+
+TARGET_HELP = "a run directory (runs/<name>), an adapter folder, or a model folder such as a merged export"
+
+
+def _chat_and_serve(commands: Any) -> None:
+    chat = commands.add_parser(
+        "chat",
+        help="talk to an adapter (or a model folder) in the terminal",
+        description="An interactive chat with a fine-tuned adapter on its base model, or with a model folder: the "
+        "conversation is rendered with the tokenizer's chat template every turn, the answer streams as it is "
+        "generated, and tokens/s are printed after it. A chat template other than the one the adapter was trained "
+        "with is reported on stderr. Commands: /system TEXT (set the system prompt, clears the conversation), "
+        "/reset (forget the conversation), /exit or Ctrl-D (quit); Ctrl-C stops an answer.",
+        epilog="examples:\n"
+        "  ftkit chat runs/customer-service-smollm2-lora-8bit\n"
+        "  ftkit chat runs/customer-service-smollm2-lora-8bit --system 'You answer in one sentence.' --temperature 0.7\n"
+        "  ftkit chat runs/customer-service-smollm2-lora-8bit/adapter --quantization none     (full-precision base)\n"
+        "  ftkit chat exports/cs-merged                                         (a merged model folder)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    chat.add_argument("target", type=Path, metavar="TARGET", help=TARGET_HELP)
+    chat.add_argument("--system", metavar="TEXT", help="system prompt (default: the chat template's own, if any)")
+    chat.add_argument("--max-new-tokens", type=int, default=256, metavar="N", help="longest answer, in tokens (default 256)")
+    chat.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default); e.g. 0.7 samples")
+    chat.add_argument("--quantization", choices=["none", "4bit", "8bit"], help="load the base this way (default: as trained)")
+    chat.set_defaults(run=cmd_chat)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the base model and adapters over an OpenAI-compatible HTTP API",
+        description="Serve one base model and any number of adapters trained on it through an OpenAI-compatible "
+        "API: POST /v1/chat/completions (streamed with \"stream\": true, or not), GET /v1/models, GET /health. "
+        "A request's \"model\" picks the system: \"base\" (adapters off) or an adapter by its run's name. Requests "
+        "are answered one at a time. Bodies over 1 MB get 413, other bad requests 400/404 with an OpenAI-style "
+        "error; when the environment variable named by --api-key-env is set, requests need "
+        "'Authorization: Bearer <key>' (401 otherwise).",
+        epilog="examples:\n"
+        "  ftkit serve runs/customer-service-smollm2-lora-8bit runs/qa-smollm2-qlora --port 8000\n"
+        "  FTKIT_API_KEY=s3cret ftkit serve runs/customer-service-smollm2-lora-8bit --host 0.0.0.0\n"
+        "\n"
+        "  curl http://127.0.0.1:8000/v1/models\n"
+        "  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+        "       -d '{\"model\": \"customer-service-smollm2-lora-8bit\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], "
+        "\"max_tokens\": 64}'\n"
+        "\n"
+        "  from openai import OpenAI      # pip install openai\n"
+        "  client = OpenAI(base_url=\"http://127.0.0.1:8000/v1\", api_key=\"s3cret\")   (any text when no key is set)\n"
+        "  reply = client.chat.completions.create(model=\"base\", messages=[{\"role\": \"user\", \"content\": \"Hi\"}])\n"
+        "  print(reply.choices[0].message.content)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("targets", type=Path, nargs="+", metavar="TARGET", help=TARGET_HELP + "; all on one base model")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    serve.add_argument("--api-key-env", default="FTKIT_API_KEY", metavar="VAR",
+                       help="environment variable holding the API key (default FTKIT_API_KEY; unset = no key)")
+    serve.add_argument("--max-new-tokens-limit", type=int, default=512, metavar="N",
+                       help="largest max_tokens a request may ask for, and the default (default 512)")
+    serve.add_argument("--quantization", choices=["none", "4bit", "8bit"], help="load the base this way (default: as trained)")
+    serve.set_defaults(run=cmd_serve)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -155,8 +258,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ftkit.workflow import train_and_evaluate
+    from ftkit.workflow import train_and_evaluate, train_in_processes
 
+    if args.nproc is not None and args.nproc != 1:
+        # The launcher's processes run this same command without --nproc.
+        child = ["--debug"] * args.debug + ["train", str(args.recipe), *args.overrides]
+        child += [flag for flag, on in (("--overwrite", args.overwrite), ("--resume", args.resume), ("--no-eval", args.no_eval)) if on]
+        return train_in_processes(args.nproc, args.recipe, args.overrides, child, overwrite=args.overwrite, resume=args.resume)
     return train_and_evaluate(args.recipe, args.overrides, overwrite=args.overwrite, resume=args.resume, evaluate=not args.no_eval)
 
 
@@ -172,11 +280,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return evaluate_adapters(args.recipe, args.overrides, adapters=args.adapter, split=args.split, data=args.data, out=args.out)
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from ftkit import merge
+
+    if args.adapters:
+        if args.target:
+            raise FtkitError("give either RUN_DIR|ADAPTER_DIR (merge) or --adapters (combine), not both")
+        out = merge.combine(args.adapters, args.weights or [], args.method, args.out, density=args.density, overwrite=args.overwrite)
+        print(f"combined {len(args.adapters)} adapters ({args.method}) -> {out}; evaluate it with: ftkit eval RECIPE --adapter {out}")
+        return 0
+    if args.target is None:
+        raise FtkitError("ftkit merge: give RUN_DIR|ADAPTER_DIR to merge, or --adapters A B --weights ... to combine")
+    result = merge.merge(args.target, args.out, dtype=args.dtype, base_policy=args.base, count=args.probes, overwrite=args.overwrite)
+    print(merge.render(result))
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from ftkit.compare import compare_runs
 
     print(compare_runs(args.run_dirs))
     return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from ftkit.chat import run_chat
+
+    return run_chat(args.target, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                    quantization=args.quantization)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ftkit.serve import serve
+
+    return serve(args.targets, host=args.host, port=args.port, api_key_env=args.api_key_env,
+                 max_new_tokens_limit=args.max_new_tokens_limit, quantization=args.quantization)
 
 
 def _quiet_libraries() -> None:

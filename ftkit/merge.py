@@ -1,0 +1,333 @@
+"""Merging a LoRA into its base model, and proving that the merged model is the adapter.
+
+The most reported merge failure is silent: a LoRA trained on a 4-bit base is merged into the
+original weights, or into weights re-quantized after the merge, and the merged model behaves
+unlike the adapter that was evaluated. ftkit never merges into quantized weights. It merges in
+fp32 into one of two bases:
+
+- `dequantized` (default for adapters trained on a quantized base): every weight that training
+  saw quantized is replaced by dequant(quant(W)), computed with bitsandbytes from the original
+  weights and checked byte for byte against what the quantized model holds. This is the base the
+  adapter was trained and evaluated on, so the merged model reproduces the adapter.
+- `original`: the full-precision weights; the merged model then differs from the evaluated
+  adapter by the base's quantization error.
+
+Then it measures, on held-out prompts: the merge's own exactness (merged vs the adapter on the
+same fp32 base), the saved folder reloaded with plain transformers (in the output dtype), and the
+gap to the adapter on the base it was trained on (4-bit/8-bit: that is the quantization gap).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ftkit import adapters, lineage
+from ftkit.errors import FtkitError
+from ftkit.inference import generate_greedy
+from ftkit.models import LoadedModel, load_model, load_tokenizer, resolve_source
+from ftkit.recipe import ModelConfig
+from ftkit.runs import RunDir, staged_dir, write_json, write_manifest
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Largest |logit difference| accepted between the merged model and the adapter on the same fp32
+# base: fp32 arithmetic in a different order; bf16/fp16 storage of the merged weights.
+TOLERANCE = {"fp32": 1e-3, "bf16": 1.0, "fp16": 0.25}
+VERIFICATION = "merge_verification.json"
+FALLBACK_PROMPTS = (
+    "Write one sentence about the sea.",
+    "What is the capital of France?",
+    "List three colours.",
+    "Explain what a fine-tuned model is in one sentence.",
+)
+BasePolicy = Literal["dequantized", "original"]
+
+
+class MergeError(FtkitError):
+    """A merge that would be wrong, or whose result does not match the adapter."""
+
+
+def adapter_folder(target: Path) -> Path:
+    """A run directory's adapter, or an adapter folder itself."""
+    for candidate in (RunDir(target).adapter, target):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise MergeError(f"{target}: not a run directory (no adapter/) nor an adapter folder (no adapter_config.json)")
+
+
+def refuse_quantized(model: Any) -> None:
+    """Merging into 4-/8-bit weights re-quantizes W + BA and loses most of the LoRA update."""
+    import bitsandbytes as bnb
+
+    quantized = [n for n, m in model.named_modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))]
+    if quantized or adapters.is_quantized(model):
+        example = f" (e.g. {quantized[0]})" if quantized else ""
+        raise MergeError(
+            f"refusing to merge a LoRA into quantized weights{example}: the merged weights would be re-quantized "
+            "and differ from the adapter; merge into a full-precision base (ftkit merge does this by default)"
+        )
+
+
+def quantized_modules(model: Any) -> dict[str, Any]:
+    import bitsandbytes as bnb
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))}
+
+
+def dequantized_weight(weight: torch.Tensor, quantized: Any, name: str) -> torch.Tensor:
+    """dequant(quant(W)) as bitsandbytes stored it in `quantized`, in fp32.
+
+    The weight is quantized again here with the module's own settings and the result is compared
+    with the module's stored bytes: reading back a loaded module is not safe (on CPU,
+    bitsandbytes repacks 4-bit weights for its kernel on the first forward, and dequantizing the
+    repacked bytes yields garbage), and a mismatch means this is not the base training used.
+    """
+    import bitsandbytes.functional as F
+
+    stored = quantized.weight
+    if stored.dtype == torch.int8:  # LLM.int8(): row-wise absmax, quantized from fp16
+        codes, scales, _ = F.int8_vectorwise_quant(weight.to(torch.float16))
+        same = torch.equal(codes, stored.data) and torch.equal(scales, stored.SCB)
+        result = F.int8_vectorwise_dequant(codes, scales)
+    else:
+        codes, state = F.quantize_4bit(
+            weight.to(stored.quant_state.dtype), blocksize=stored.blocksize,
+            compress_statistics=stored.compress_statistics, quant_type=stored.quant_type, quant_storage=stored.quant_storage,
+        )
+        same = codes.shape == stored.data.shape and torch.equal(codes, stored.data)
+        result = F.dequantize_4bit(codes, state)
+    if not same:
+        raise MergeError(
+            f"{name}: re-quantizing the original weight does not reproduce the quantized base's bytes; "
+            "the base model differs from the one the adapter was trained on, or bitsandbytes changed its format"
+        )
+    return result.to(torch.float32)
+
+
+def full_precision_base(cfg: ModelConfig, quantized: Any | None) -> tuple[LoadedModel, int]:
+    """The fp32 base to merge into, and how many of its weights were replaced by dequant(quant(W)).
+
+    `quantized` is the base as training loaded it (None to merge into the original weights); it
+    must not have run a forward yet, so that its stored bytes are still in bitsandbytes' format.
+    """
+    base = load_model(cfg.model_copy(update={"quantization": "none", "compute_dtype": "float32"}))
+    if quantized is None:
+        return base, 0
+    modules = dict(base.model.named_modules())
+    replaced = quantized_modules(quantized)
+    with torch.no_grad():
+        for name, module in replaced.items():
+            modules[name].weight.copy_(dequantized_weight(modules[name].weight, module, name))
+    return base, len(replaced)
+
+
+@dataclass
+class Probe:
+    """Held-out token sequences: full (prompt + reference answer) for logits, prompt for generation."""
+
+    full: list[list[int]]
+    prompts: list[list[int]]
+
+
+def probes(adapter_dir: Path, tokenizer: Any, count: int) -> Probe:
+    """Prompts from the run's held-out split when the adapter sits in a run dir, else fixed ones."""
+    recipe_file = adapter_dir.parent / "recipe.yaml"
+    if recipe_file.is_file():
+        from ftkit.data import load_split
+        from ftkit.recipe import load_recipe
+        from ftkit.tasks import get_task
+
+        recipe = load_recipe(recipe_file)
+        task = get_task(recipe.task, recipe.data.max_length)
+        if task.needs_training_data():
+            task.observe(load_split(recipe, task, "train").examples)
+        examples = load_split(recipe, task, recipe.eval.split).examples[:count]
+        encoded = [task.encode(example, tokenizer) for example in examples]
+        prompts = [e.input_ids[: len(e.input_ids) - e.trained_tokens] for e in encoded]
+        return Probe(full=[e.input_ids for e in encoded], prompts=prompts)
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             for p in FALLBACK_PROMPTS[:count]]
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    return Probe(full=ids, prompts=ids)
+
+
+@torch.no_grad()
+def logits_of(model: Any, sequences: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    model.eval()
+    return [model(torch.tensor([list(seq)])).logits[0].float() for seq in sequences]
+
+
+@dataclass
+class Agreement:
+    """How far two models' outputs are apart on the same probes."""
+
+    max_abs_logit_diff: float
+    mean_abs_logit_diff: float
+    next_token_agreement: float  # share of positions with the same argmax
+    generations_equal: int
+    generations: int
+
+
+def agreement(a: list[torch.Tensor], b: list[torch.Tensor], gens_a: list[str], gens_b: list[str]) -> Agreement:
+    diffs = [(x - y).abs() for x, y in zip(a, b)]
+    same = sum(int((x.argmax(-1) == y.argmax(-1)).sum()) for x, y in zip(a, b))
+    positions = sum(x.shape[0] for x in a)
+    return Agreement(
+        max_abs_logit_diff=float(max(d.max() for d in diffs)),
+        mean_abs_logit_diff=float(torch.cat([d.flatten() for d in diffs]).mean()),
+        next_token_agreement=same / positions,
+        generations_equal=sum(x == y for x, y in zip(gens_a, gens_b)),
+        generations=len(gens_a),
+    )
+
+
+@dataclass
+class Outputs:
+    logits: list[torch.Tensor]
+    generations: list[str]
+
+
+def outputs_of(model: Any, tokenizer: Any, probe: Probe, max_new_tokens: int) -> Outputs:
+    return Outputs(logits_of(model, probe.full), generate_greedy(model, tokenizer, probe.prompts, max_new_tokens))
+
+
+def compare(a: Outputs, b: Outputs) -> Agreement:
+    return agreement(a.logits, b.logits, a.generations, b.generations)
+
+
+@contextmanager
+def output_folder(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A staged folder that becomes `out` on success; an existing export is replaced only when asked."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise MergeError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with staged_dir(out) as stage:
+        yield stage
+
+
+@dataclass
+class MergeResult:
+    out: Path
+    adapter: str
+    base_source: str
+    trained_quantization: str
+    base_policy: str
+    dequantized_weights: int
+    dtype: str
+    probes: int
+    tolerance: float
+    merge_exactness: Agreement  # merged (fp32, in memory) vs the adapter on the same fp32 base
+    saved: Agreement  # the saved folder, reloaded with plain transformers, vs the adapter on that base
+    quantization_gap: Agreement | None  # the saved model vs the adapter on the base it was trained on
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"out": str(self.out)}
+
+
+def merge(target: Path, out: Path, *, dtype: str = "bf16", base_policy: BasePolicy = "dequantized",
+          count: int = 8, max_new_tokens: int = 16, overwrite: bool = False) -> MergeResult:
+    """Merge the adapter at `target` into a full-precision base, save it, and verify it (see module doc)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter_dir = adapter_folder(target)
+    adapters.check(adapter_dir)
+    cfg = lineage.base_config(adapter_dir)
+    trained_tokenizer = AutoTokenizer.from_pretrained(adapter_dir)  # carries the trained chat template
+    tokenizer = load_tokenizer(resolve_source(cfg.source), cfg)
+    probe = probes(adapter_dir, tokenizer, count)
+    with output_folder(out, overwrite) as stage:
+        quantized = load_model(cfg).model if cfg.quantization != "none" else None  # the base as trained
+        base, replaced = full_precision_base(cfg, quantized if base_policy == "dequantized" else None)
+        trained = None
+        if quantized is not None:  # the adapter as trained and evaluated: on the quantized base
+            trained = outputs_of(adapters.load(quantized, adapter_dir, tokenizer=trained_tokenizer), tokenizer, probe, max_new_tokens)
+            del quantized
+        model = adapters.load(base.model, adapter_dir, tokenizer=trained_tokenizer)
+        reference = outputs_of(model, tokenizer, probe, max_new_tokens)
+        refuse_quantized(model)
+        merged = model.merge_and_unload()
+        exact = compare(outputs_of(merged, tokenizer, probe, max_new_tokens), reference)
+        if exact.max_abs_logit_diff > TOLERANCE["fp32"]:
+            raise MergeError(f"the merged model's logits differ from the adapter's by {exact.max_abs_logit_diff:.2e} "
+                             f"(> {TOLERANCE['fp32']:.0e}); nothing was written")
+        merged.to(DTYPES[dtype]).save_pretrained(stage, safe_serialization=True)
+        trained_tokenizer.save_pretrained(stage)
+        del merged, model, base
+        reloaded = AutoModelForCausalLM.from_pretrained(stage, dtype=torch.float32, use_safetensors=True)
+        saved_outputs = outputs_of(reloaded, tokenizer, probe, max_new_tokens)
+        result = MergeResult(
+            out=out, adapter=str(adapter_dir), base_source=cfg.source, trained_quantization=cfg.quantization,
+            base_policy=base_policy if cfg.quantization != "none" else "original", dequantized_weights=replaced,
+            dtype=dtype, probes=len(probe.full), tolerance=TOLERANCE[dtype], merge_exactness=exact,
+            saved=compare(saved_outputs, reference),
+            quantization_gap=compare(saved_outputs, trained) if trained else None,
+        )
+        if result.saved.max_abs_logit_diff > result.tolerance:
+            raise MergeError(f"the saved {dtype} model's logits differ from the adapter's by "
+                             f"{result.saved.max_abs_logit_diff:.3g} (> {result.tolerance}); nothing was written")
+        write_json(stage / VERIFICATION, result.to_json())
+        write_manifest(stage, {"lineage": lineage.read(adapter_dir) | {"merged": result.to_json()}})
+    return result
+
+
+def render(result: MergeResult) -> str:
+    """The verification, in words a user can act on."""
+    lines = [
+        f"merged {result.adapter} into {result.base_source} ({result.base_policy} fp32 base"
+        + (f", {result.dequantized_weights} weights = dequant(quant(W)) as in {result.trained_quantization} training" if result.dequantized_weights else "")
+        + f"), saved as {result.dtype} safetensors: {result.out}",
+        f"verified on {result.probes} held-out prompts:",
+        _line("merge exactness (merged fp32 vs adapter, same base)", result.merge_exactness),
+        _line(f"saved {result.dtype} folder (plain transformers) vs adapter", result.saved),
+    ]
+    if result.quantization_gap:
+        lines.append(_line(f"vs the adapter on its {result.trained_quantization} training base", result.quantization_gap))
+    lines.append(f"verification: {result.out / VERIFICATION}")
+    return "\n".join(lines)
+
+
+def _line(label: str, a: Agreement) -> str:
+    return (f"  {label}: max |Δlogit| {a.max_abs_logit_diff:.3g}, mean {a.mean_abs_logit_diff:.3g}, "
+            f"next-token agreement {a.next_token_agreement:.1%}, greedy generations equal {a.generations_equal}/{a.generations}")
+
+
+def combine(folders: list[Path], weights: list[float], method: str, out: Path, *, density: float = 0.5,
+            overwrite: bool = False) -> Path:
+    """Combine adapters of one base into a new adapter with peft's `add_weighted_adapter`.
+
+    The result is an ordinary adapter folder (lineage: the first input's base, plus what was
+    combined how), evaluated like any other with `ftkit eval --adapter`.
+    """
+    if len(folders) < 2 or len(folders) != len(weights):
+        raise MergeError(f"--adapters and --weights: need two or more adapters and one weight each (got {len(folders)} and {len(weights)})")
+    dirs = [adapter_folder(folder) for folder in folders]
+    cfg = lineage.base_config(dirs[0])
+    loaded = load_model(cfg.model_copy(update={"quantization": "none", "compute_dtype": "float32"}))
+    model = loaded.model
+    names = [f"input{i}" for i in range(len(dirs))]
+    for name, folder in zip(names, dirs):
+        model = adapters.load(model, folder, name=name)  # refuses an adapter of another base
+    kwargs = {"density": density} if method in ("ties", "dare_ties", "dare_linear", "magnitude_prune") else {}
+    try:
+        model.add_weighted_adapter(names, weights, "default", combination_type=method, **kwargs)
+    except ValueError as error:  # e.g. linear needs equal ranks and target modules
+        raise MergeError(f"--method {method}: {error}") from None
+    with output_folder(out, overwrite) as stage:
+        model.save_pretrained(stage, selected_adapters=["default"])
+        loaded.tokenizer.save_pretrained(stage)
+        record = lineage.read(dirs[0]) | {
+            "combined": {"method": method, "density": density if kwargs else None,
+                         "inputs": [{"adapter": str(d), "weight": w, "recipe": lineage.read(d).get("recipe")} for d, w in zip(dirs, weights)]},
+        }
+        record.pop("eval", None)
+        write_manifest(stage, {"lineage": record})
+    return out
+
