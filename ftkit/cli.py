@@ -181,6 +181,32 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--density", type=float, default=0.5, help="share of weights kept by ties/dare methods (default: 0.5)")
     merge.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     merge.set_defaults(run=cmd_merge)
+
+    export = commands.add_parser(
+        "export",
+        help="package a trained adapter for deployment: adapter, merged safetensors, GGUF, Ollama",
+        description="Export a run (or adapter folder) for deployment. Every format is verified before it is kept:\n"
+        "  adapter      the peft adapter + recipe.yaml + metrics.json + README model card (held-out metrics with CIs,\n"
+        "               how to load it with peft, which serving engines accept it); no ftkit needed to load it\n"
+        "  safetensors  the merged model (same as ftkit merge), checked against the adapter\n"
+        "  gguf         the merged model as one GGUF file (f16 or f32; llama-architecture models), loaded back with\n"
+        "               transformers and compared with the merged model (logits and tokenizer ids)\n"
+        "  ollama       the GGUF plus a Modelfile whose TEMPLATE is translated from the trained chat template and\n"
+        "               checked to render test conversations identically",
+        epilog="examples:\n"
+        "  ftkit export runs/sentiment-smollm2-qlora --format adapter --out exports/sentiment-adapter\n"
+        "  ftkit export runs/sentiment-smollm2-qlora --format gguf --out exports/sentiment-gguf --dtype f16\n"
+        "  ftkit export runs/customer-service-smollm2-lora-8bit --format ollama --out exports/cs-ollama\n"
+        "  ollama create northwind -f exports/cs-ollama/Modelfile",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("target", type=Path, metavar="RUN_DIR|ADAPTER_DIR", help="the run or adapter to export")
+    export.add_argument("--format", required=True, choices=["adapter", "safetensors", "gguf", "ollama"], help="what to write")
+    export.add_argument("--out", type=Path, required=True, help="output folder (refused if it exists, unless --overwrite)")
+    export.add_argument("--dtype", choices=["bf16", "fp16", "fp32", "f16", "f32"],
+                        help="weights dtype: bf16|fp16|fp32 for safetensors (default bf16), f16|f32 for gguf/ollama (default f16)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    export.set_defaults(run=cmd_export)
     _chat_and_serve(commands)
     return parser
 
@@ -293,6 +319,13 @@ def cmd_merge(args: argparse.Namespace) -> int:
         raise FtkitError("ftkit merge: give RUN_DIR|ADAPTER_DIR to merge, or --adapters A B --weights ... to combine")
     result = merge.merge(args.target, args.out, dtype=args.dtype, base_policy=args.base, count=args.probes, overwrite=args.overwrite)
     print(merge.render(result))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ftkit.export import export
+
+    print(export(args.target, args.format, args.out, dtype=args.dtype, overwrite=args.overwrite))
     return 0
 
 

@@ -108,3 +108,16 @@ def write_recipe(tmp_path: Path, tiny_model_dir: Path, sentiment_files: dict[str
         return path
 
     return write
+
+
+@pytest.fixture
+def trained_run(write_recipe: Callable[..., Path]) -> Callable[..., Path]:
+    """Train a tiny run (a few steps; evaluated when asked) and return its run directory."""
+    from ftkit.cli import main
+
+    def train(name: str = "run", evaluate: bool = False, **sections: dict[str, Any]) -> Path:
+        path = write_recipe(name, **sections)
+        assert main(["train", str(path), *([] if evaluate else ["--no-eval"])]) == 0
+        return path.parent / "runs" / name
+
+    return train

@@ -13,22 +13,16 @@ from ftkit.merge import MergeError, merge, refuse_quantized
 from ftkit.runs import RunDir
 
 
-def _train(write_recipe, name: str, quantization: str = "none", seed: int = 0) -> Path:
-    path = write_recipe(name, model={"quantization": quantization}, train={"max_steps": 3, "seed": seed})
-    assert main(["train", str(path), "--no-eval"]) == 0
-    return path.parent / "runs" / name
-
-
 def _logits(model, ids: list[int]) -> torch.Tensor:
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].float()
 
 
-def test_merged_folder_loads_without_ftkit_and_matches_the_adapter(write_recipe, tiny_model_dir, tmp_path, capsys) -> None:
+def test_merged_folder_loads_without_ftkit_and_matches_the_adapter(trained_run, tiny_model_dir, tmp_path, capsys) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    run = _train(write_recipe, "plain")
+    run = trained_run("plain", train={"max_steps": 3})
     out = tmp_path / "merged"
     assert main(["merge", str(run), "--out", str(out), "--dtype", "fp32"]) == 0
     assert "merge exactness" in capsys.readouterr().out
@@ -48,8 +42,8 @@ def test_merged_folder_loads_without_ftkit_and_matches_the_adapter(write_recipe,
     assert (out / "chat_template.jinja").is_file() or "chat_template" in (out / "tokenizer_config.json").read_text()
 
 
-def test_4bit_adapter_merges_into_dequantized_weights(write_recipe, tmp_path) -> None:
-    run = _train(write_recipe, "qlora", quantization="4bit")
+def test_4bit_adapter_merges_into_dequantized_weights(trained_run, tmp_path) -> None:
+    run = trained_run("qlora", model={"quantization": "4bit"}, train={"max_steps": 3})
     dequantized = merge(run, tmp_path / "dequantized", dtype="fp32", base_policy="dequantized", count=4)
     original = merge(run, tmp_path / "original", dtype="fp32", base_policy="original", count=4)
     assert dequantized.dequantized_weights == 14  # 2 layers x (q, k, v, o, gate, up, down)
@@ -72,8 +66,8 @@ def test_merging_into_quantized_weights_is_refused(tiny_model_dir) -> None:
         refuse_quantized(get_peft_model(model, lora_config(AdapterConfig(r=4))))
 
 
-def test_existing_output_is_kept_unless_overwrite(write_recipe, tmp_path, capsys) -> None:
-    run = _train(write_recipe, "keep")
+def test_existing_output_is_kept_unless_overwrite(trained_run, tmp_path, capsys) -> None:
+    run = trained_run("keep", train={"max_steps": 1})
     out = tmp_path / "exists"
     out.mkdir()
     (out / "precious.txt").write_text("mine")
@@ -84,8 +78,8 @@ def test_existing_output_is_kept_unless_overwrite(write_recipe, tmp_path, capsys
     assert "not a run directory" in capsys.readouterr().err
 
 
-def test_combined_adapter_is_evaluated_like_any_other(write_recipe, tmp_path, capsys) -> None:
-    a, b = _train(write_recipe, "a", seed=1), _train(write_recipe, "b", seed=2)
+def test_combined_adapter_is_evaluated_like_any_other(trained_run, tmp_path, capsys) -> None:
+    a, b = trained_run("a", train={"max_steps": 3, "seed": 1}), trained_run("b", train={"max_steps": 3, "seed": 2})
     out = tmp_path / "ab"
     assert main(["merge", "--adapters", str(a), str(b), "--weights", "0.5", "0.5", "--method", "ties", "--out", str(out)]) == 0
     lineage = json.loads((out / "manifest.json").read_text())["lineage"]
