@@ -11,14 +11,18 @@ from dataclasses import replace
 from pathlib import Path
 
 from ftkit import deploy
+from ftkit.errors import FtkitError
 
-HELP = """commands: /system TEXT  set the system prompt (empty TEXT removes it; clears the conversation)
+HELP = """commands: /system TEXT  set the system prompt (empty TEXT removes it)
           /reset        forget the conversation (the system prompt stays)
           /exit         quit (or Ctrl-D); Ctrl-C stops an answer"""
 
 
 def run_chat(target: Path, *, system: str | None, max_new_tokens: int, temperature: float, quantization: str | None) -> int:
     """Load the target, then read a line, answer it, repeat until /exit or end of input."""
+    if max_new_tokens < 1 or temperature < 0:
+        raise FtkitError(f"--max-new-tokens must be at least 1 (got {max_new_tokens}) and --temperature at least 0 "
+                         f"(got {temperature})")
     targets, base = deploy.resolve_targets([target], quantization)
     print(f"loading {base.source} ({base.quantization}) ...", file=sys.stderr)
     deployment = deploy.load(targets, base)
@@ -51,8 +55,8 @@ def command(line: str, conversation: deploy.Conversation) -> None:
         print("(conversation cleared)", file=sys.stderr)
     elif word == "/system":
         conversation.system = rest.strip() or None
-        conversation.reset()
-        print(f"(system prompt {'set' if conversation.system else 'removed'}; conversation cleared)", file=sys.stderr)
+        print(f"(system prompt {'set' if conversation.system else 'removed'}; it heads the conversation from the next "
+              "answer on)", file=sys.stderr)
     else:
         print(HELP, file=sys.stderr)
 

@@ -221,7 +221,7 @@ def _chat_and_serve(commands: Any) -> None:
         description="An interactive chat with a fine-tuned adapter on its base model, or with a model folder: the "
         "conversation is rendered with the tokenizer's chat template every turn, the answer streams as it is "
         "generated, and tokens/s are printed after it. A chat template other than the one the adapter was trained "
-        "with is reported on stderr. Commands: /system TEXT (set the system prompt, clears the conversation), "
+        "with is reported on stderr. Commands: /system TEXT (set the system prompt), "
         "/reset (forget the conversation), /exit or Ctrl-D (quit); Ctrl-C stops an answer.",
         epilog="examples:\n"
         "  ftkit chat runs/customer-service-smollm2-lora-8bit\n"

@@ -9,6 +9,7 @@ token by token through `TextIteratorStreamer`, and can be stopped between two to
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,6 +22,8 @@ import torch
 
 from ftkit.errors import FtkitError
 from ftkit.recipe import ModelConfig
+
+log = logging.getLogger(__name__)
 
 BASE_NAME = "base"
 
@@ -51,6 +54,9 @@ def resolve_target(path: Path, taken: Sequence[str] = ()) -> Target:
     run = RunDir(path)
     if run.recipe.is_file() and (run.adapter / "adapter_config.json").is_file():
         return Target(_unique(path.resolve().name, taken), _recipe_model(run.recipe), run.adapter)
+    if run.recipe.is_file():
+        raise DeployError(f"{path} is a run directory without a finished adapter (no {run.adapter}/adapter_config.json); "
+                          "finish training it first (ftkit train RECIPE --resume)")
     if (path / "adapter_config.json").is_file():
         label = path.resolve().parent.name if path.resolve().name == "adapter" else path.resolve().name
         return Target(_unique(label, taken), lineage.base_config(path), path)
@@ -82,15 +88,27 @@ def _recipe_model(recipe_path: Path) -> ModelConfig:
 
 
 def shared_base(targets: Sequence[Target], quantization: str | None) -> ModelConfig:
-    """The one base model every target runs on (with `quantization` if given), or a clear refusal."""
+    """The one base model every target runs on (with `quantization` if given), or a clear refusal.
+
+    Sources are compared once resolved ('default' and the folder it converts to are one base);
+    the adapters' lineage check compares the weights themselves when they are loaded.
+    """
+    from ftkit.models import resolve_source
+
     first = targets[0].model
     for target in targets[1:]:
-        if (target.model.source, target.model.revision) != (first.source, first.revision):
+        if (resolve_source(target.model.source), target.model.revision) != (resolve_source(first.source), first.revision):
             raise DeployError(
                 f"'{target.name}' was trained on {target.model.source} but '{targets[0].name}' on {first.source}; "
                 "one process serves adapters of one base model: start one server per base"
             )
-    return first.model_copy(update={"quantization": quantization}) if quantization else first
+    base = first.model_copy(update={"quantization": quantization}) if quantization else first
+    for target in targets:
+        if target.adapter is not None and target.model.quantization != base.quantization:
+            log.warning("warning: '%s' was trained on a %s base and runs on a %s one here; its answers may differ "
+                        "from its evaluation (--quantization %s matches it)", target.name, target.model.quantization,
+                        base.quantization, target.model.quantization)
+    return base
 
 
 @dataclass
@@ -243,9 +261,7 @@ class ReplyStream:
         s = self.sampling
         sampled = s.temperature > 0
         if s.seed is not None:
-            from transformers import set_seed
-
-            set_seed(s.seed)
+            torch.manual_seed(s.seed)  # sampling in `generate` draws from torch's generator only
         kwargs: dict[str, Any] = {"temperature": s.temperature, "top_p": s.top_p} if sampled else {}
         if s.stop:
             kwargs |= {"stop_strings": list(s.stop), "tokenizer": self.tokenizer}

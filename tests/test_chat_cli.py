@@ -49,7 +49,8 @@ def test_history_system_prompt_and_reset(monkeypatch, capsys, run_dir: Path, pro
     assert prompts[0] == [{"role": "user", "content": "Hello there"}]
     assert prompts[1][0] == prompts[0][0] and first_answer["role"] == "assistant" and prompts[1][2]["content"] == "And again"
     assert first_answer["content"] and first_answer["content"] in out, "the streamed answer is what the history keeps"
-    assert prompts[2] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Third"}]
+    assert prompts[2][0] == {"role": "system", "content": "Be brief."} and prompts[2][1:4] == prompts[1]
+    assert prompts[2][-1] == {"role": "user", "content": "Third"}, "the system prompt heads the kept history"
     assert prompts[3] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Fourth"}]
     assert err.count("tokens/s") == 4 and "chatting with helper" in err
 
@@ -98,10 +99,16 @@ def test_a_different_chat_template_than_trained_is_reported(monkeypatch, caplog,
     assert "chat template differs from the one the adapter was trained with" in caplog.text
 
 
-def test_a_folder_that_is_no_target_is_one_error_line(monkeypatch, capsys, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [([], "adapter folder (adapter_config.json)"), (["recipe.yaml"], "run directory without a finished adapter")],
+)
+def test_a_folder_that_is_no_target_is_one_error_line(monkeypatch, capsys, tmp_path: Path, files, message) -> None:
+    for name in files:
+        (tmp_path / name).write_text("model: {}\n")
     assert chat(monkeypatch, tmp_path, "") == 2
     err = capsys.readouterr().err
-    assert err.startswith("ftkit: error: ") and err.count("\n") == 1 and "adapter folder (adapter_config.json)" in err
+    assert err.startswith("ftkit: error: ") and err.count("\n") == 1 and message in err and str(tmp_path) in err
 
 
 def test_conversation_messages_and_prompt_after_reset(tokenizer) -> None:
