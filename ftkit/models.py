@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ftkit import distributed
 from ftkit.errors import FtkitError
 from ftkit.recipe import ModelConfig
 from ftkit.runs import sha256_file
@@ -109,14 +110,20 @@ def compute_dtype(name: str) -> torch.dtype:
 def quantization_config(cfg: ModelConfig) -> Any:
     from transformers import BitsAndBytesConfig
 
+    sharded = distributed.shards_parameters()
     if cfg.quantization == "4bit":
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=cfg.quant_type,
             bnb_4bit_use_double_quant=cfg.double_quant,
             bnb_4bit_compute_dtype=compute_dtype(cfg.compute_dtype),
+            # FSDP and ZeRO-3 shard float tensors of one dtype only: pack the 4-bit weights in the model's dtype.
+            bnb_4bit_quant_storage=compute_dtype(cfg.compute_dtype) if sharded else torch.uint8,
         )
     if cfg.quantization == "8bit":
+        if sharded:
+            raise ModelError("model.quantization: 8bit weights cannot be sharded by FSDP or DeepSpeed ZeRO-3; "
+                             "use 4bit (QLoRA) or none, or launch with DDP or ZeRO-2")
         return BitsAndBytesConfig(load_in_8bit=True)
     return None
 
@@ -173,7 +180,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
             quantization_config=quant,
             trust_remote_code=cfg.trust_remote_code,
             use_safetensors=True,
-            device_map={"": 0} if quant is not None and torch.cuda.is_available() else None,
+            device_map=distributed.device_map(quant is not None),
         )
     except (OSError, ValueError) as error:  # missing files, no network for a hub id, unknown format
         hint = "; it is not a local folder, and hub ids need a network (HF_HUB_OFFLINE is set)" if _offline_hub_id(source) else ""

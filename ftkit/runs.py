@@ -4,6 +4,7 @@
 runs/<name>/
   recipe.yaml        fully resolved recipe (absolute paths, all defaults)
   train_log.jsonl    one JSON object per logged step
+  launch.json        processes, backend, batch per process, accumulation, effective batch
   checkpoints/       Trainer checkpoints (adapter + optimizer state), for --resume
   adapter/           the final LoRA adapter (peft format, safetensors) + tokenizer
   metrics.json       held-out metrics, base vs adapter
@@ -46,6 +47,10 @@ class RunDir:
     @property
     def train_log(self) -> Path:
         return self.path / "train_log.jsonl"
+
+    @property
+    def launch(self) -> Path:
+        return self.path / "launch.json"
 
     @property
     def checkpoints(self) -> Path:

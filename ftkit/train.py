@@ -10,6 +10,7 @@ accumulated batch, `num_items_in_batch`, not per micro-batch).
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,12 +21,12 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from ftkit import adapters, lineage
+from ftkit import adapters, distributed, lineage
 from ftkit.errors import FtkitError
 from ftkit.models import LoadedModel, compute_dtype, load_model
 from ftkit.preflight import Preflight, check_recipe
 from ftkit.recipe import Recipe
-from ftkit.runs import RunDir, append_jsonl, staged_dir, write_manifest
+from ftkit.runs import RunDir, append_jsonl, staged_dir, write_json, write_manifest
 from ftkit.encoding import IGNORE_INDEX, Encoded
 
 
@@ -151,8 +152,9 @@ class TrainResult:
     wall_s: float
     train_examples: int
     truncated: int
-    lora_change: float
+    lora_change: float | None  # None when FSDP/ZeRO-3 sharded the adapter (no process holds all of it)
     checks: Preflight  # the task, tokenizer and loaded, tokenised splits
+    batch: dict[str, int]  # processes, per-device batch, accumulation, effective batch
 
 
 def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool) -> TrainingArguments:
@@ -195,6 +197,7 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool) -> Tra
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
         dataloader_pin_memory=on_gpu,
+        ddp_find_unused_parameters=False,  # every LoRA weight is used in every forward; True re-walks the graph
     )
 
 
@@ -208,15 +211,18 @@ def train(recipe: Recipe, run: RunDir, *, resume: bool = False, checks: Prefligh
     set_seed(recipe.train.seed)
     checks = checks or check_recipe(recipe)
     checks.raise_if_fatal()
-    loaded: LoadedModel = load_model(recipe.model)
     train_set, val_set = checks.encoded["train"], checks.encoded.get("validation")
+    # Before the model: under DeepSpeed ZeRO-3 the arguments are what makes `from_pretrained` load it partitioned.
+    args = training_arguments(recipe, run, val_set is not None)
+    batch = _record_launch(args, run)
+    loaded: LoadedModel = load_model(recipe.model)
     model = adapters.attach(loaded.model, recipe.adapter, recipe.train.gradient_checkpointing)
     before = adapters.lora_snapshot(model)
 
     log = RunLog(run)
     trainer = CompletionLossTrainer(
         model=model,
-        args=training_arguments(recipe, run, val_set is not None),
+        args=args,
         data_collator=Collator(loaded.tokenizer.pad_token_id),
         train_dataset=as_rows(train_set.rows),
         eval_dataset=as_rows(val_set.rows) if val_set else None,
@@ -228,12 +234,14 @@ def train(recipe: Recipe, run: RunDir, *, resume: bool = False, checks: Prefligh
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(run.last_checkpoint()) if resume else None)
     wall = time.perf_counter() - started
-    change = adapters.assert_moved(before, model)
+    gathered = distributed.gathered_state_dict(trainer)  # every process takes part; None unless sharded
+    change = adapters.assert_moved(before, model) if not distributed.shards_parameters() else None
 
-    with staged_dir(run.adapter) as stage:
-        model.save_pretrained(stage)
-        loaded.tokenizer.save_pretrained(stage)
-        write_manifest(stage, {"lineage": lineage.record(recipe, loaded.source, loaded.tokenizer, checks.splits)})
+    if trainer.is_world_process_zero():
+        with staged_dir(run.adapter) as stage:
+            model.save_pretrained(stage, state_dict=gathered)
+            loaded.tokenizer.save_pretrained(stage)
+            write_manifest(stage, {"lineage": lineage.record(recipe, loaded.source, loaded.tokenizer, checks.splits)})
     return TrainResult(
         model=model,
         tokenizer=loaded.tokenizer,
@@ -246,4 +254,23 @@ def train(recipe: Recipe, run: RunDir, *, resume: bool = False, checks: Prefligh
         truncated=train_set.truncated,
         lora_change=change,
         checks=checks,
+        batch=batch,
     )
+
+
+def _record_launch(args: TrainingArguments, run: RunDir) -> dict[str, int]:
+    """Print and record how many processes train and the effective batch they make together.
+
+    Under DDP each process takes `per_device_train_batch_size` examples per micro-batch from its own shard,
+    so one optimizer step averages over batch x processes x accumulation examples, and `max_steps` counts
+    those steps: 2 processes with batch 4 take the same steps as 1 process with batch 8.
+    """
+    batch = distributed.batch_summary(
+        args.per_device_train_batch_size, args.world_size, args.gradient_accumulation_steps
+    )
+    if args.process_index == 0:
+        state = args.distributed_state
+        backend = {"distributed_type": str(state.distributed_type.value), "backend": state.backend} if state else {}
+        write_json(run.launch, batch | backend)
+        print(distributed.describe_batch(batch), file=sys.stderr)
+    return batch
