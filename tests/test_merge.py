@@ -42,16 +42,19 @@ def test_merged_folder_loads_without_ftkit_and_matches_the_adapter(trained_run, 
     assert (out / "chat_template.jinja").is_file() or "chat_template" in (out / "tokenizer_config.json").read_text()
 
 
-def test_4bit_adapter_merges_into_dequantized_weights(trained_run, tmp_path) -> None:
-    run = trained_run("qlora", model={"quantization": "4bit"}, train={"max_steps": 3})
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_quantized_adapter_merges_into_dequantized_weights(trained_run, tmp_path, quantization: str) -> None:
+    run = trained_run("qlora", model={"quantization": quantization}, train={"max_steps": 3})
     dequantized = merge(run, tmp_path / "dequantized", dtype="fp32", base_policy="dequantized", count=4)
     original = merge(run, tmp_path / "original", dtype="fp32", base_policy="original", count=4)
     assert dequantized.dequantized_weights == 14  # 2 layers x (q, k, v, o, gate, up, down)
     assert original.dequantized_weights == 0
     assert dequantized.merge_exactness.max_abs_logit_diff < 1e-4
-    # merged into the weights training saw, the model stays close to the evaluated adapter;
-    # merged into the original weights, it is off by the 4-bit quantization error
-    assert dequantized.quantization_gap.mean_abs_logit_diff < original.quantization_gap.mean_abs_logit_diff / 5
+    # merged into the weights training saw, the model is closer to the evaluated adapter than merged
+    # into the original weights (off by the weights' quantization error). LLM.int8() also quantizes
+    # activations in its forward, which no merged model reproduces: a smaller margin there.
+    margin = 5 if quantization == "4bit" else 1
+    assert dequantized.quantization_gap.mean_abs_logit_diff * margin < original.quantization_gap.mean_abs_logit_diff
 
 
 def test_merging_into_quantized_weights_is_refused(tiny_model_dir) -> None:
