@@ -104,8 +104,9 @@ def model_card(name: str, config: dict[str, Any], record: dict[str, Any], metric
         "Use the tokenizer in this folder: its chat template is the one the adapter was trained with.", "",
         "## Serving engines", "",
         f"- **vLLM**: `--enable-lora --lora-modules {name}=./{name} --max-lora-rank {_rank_bound(config.get('r'))}`; "
-        + ("this adapter trains only LoRA matrices (no `modules_to_save`), which vLLM accepts."
-           if not config.get("modules_to_save") else "vLLM does not load `modules_to_save` (e.g. lm_head): merge it instead."),
+        + ("this adapter holds only LoRA matrices (no `modules_to_save`, no DoRA), which vLLM accepts."
+           if not (config.get("modules_to_save") or config.get("use_dora"))
+           else "vLLM loads neither `modules_to_save` (e.g. lm_head) nor DoRA magnitudes: serve the merged model instead."),
         "- **ftkit serve** / **transformers + peft**: load the folder as above.",
         "- **llama.cpp / Ollama**: merge first (`ftkit export RUN --format gguf|ollama`).",
         "",
