@@ -82,7 +82,11 @@ def _recipe_model(recipe_path: Path) -> ModelConfig:
     try:
         raw = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) or {}
         return ModelConfig.model_validate(raw.get("model") or {}, context={"base_dir": recipe_path.parent})
-    except (yaml.YAMLError, AttributeError, ValidationError) as error:
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(["model", *map(str, first["loc"])])
+        raise DeployError(f"{recipe_path}: {key}: {first['msg'].removeprefix('Value error, ')}") from None
+    except (yaml.YAMLError, AttributeError, UnicodeDecodeError) as error:
         problem = str(error).splitlines()[0]
         raise DeployError(f"{recipe_path}: cannot read its model section ({problem}); is it a recipe ftkit wrote?") from None
 
@@ -130,7 +134,8 @@ class Deployment:
         serialise replies: this switches global state."""
         adapter = self.adapters[name]
         if adapter is None:
-            with self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else nullcontext():
+            has_adapters = any(self.adapters.values())  # then the model is a PeftModel
+            with self.model.disable_adapter() if has_adapters else nullcontext():
                 yield
         else:
             self.model.set_adapter(adapter)

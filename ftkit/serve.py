@@ -170,6 +170,11 @@ def create_app(deployment: deploy.Deployment, *, api_key: str | None = None, lim
         codes = {404: "not_found", 405: "method_not_allowed"}
         return await api_error(_, ApiError(error.status_code, str(error.detail), code=codes.get(error.status_code)))
 
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, error: Exception) -> JSONResponse:
+        log.error("request failed", exc_info=error)
+        return await api_error(_, ApiError(500, "the server failed to answer; see its log", kind="server_error"))
+
     def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if api_key is None:
             return
@@ -310,7 +315,7 @@ async def sse(lock: asyncio.Lock, deployment: deploy.Deployment, name: str, stre
                 log_reply(name, stream.reply)
             except Exception:  # headers are sent: the client learns of the failure in the stream
                 log.exception("generation failed")
-                yield event(ApiError(500, "generation failed; see the server log", kind="server_error").body())
+                yield event(ApiError(500, "the server failed to answer; see its log", kind="server_error").body())
             finally:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(pieces.close)
