@@ -33,6 +33,8 @@ typical session:
   ftkit train    recipes/sentiment-smollm2-qlora.yaml        train, then evaluate base vs adapter
   ftkit train    recipes/sentiment-smollm2-qlora.yaml train.max_steps=20 --overwrite
   ftkit eval     recipes/sentiment-smollm2-qlora.yaml --adapter runs/sentiment-smollm2-qlora/adapter
+  ftkit chat     runs/sentiment-smollm2-qlora                talk to the adapter in the terminal
+  ftkit serve    runs/sentiment-smollm2-qlora runs/qa-smollm2-qlora   OpenAI-compatible API on 127.0.0.1:8000
 
 environment: FTKIT_HOME (model cache, default ~/.cache/ftkit), HF_HUB_OFFLINE=1 to stay offline.
 """
@@ -395,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
               "earlier files are intact: free space, then continue with --resume", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("ftkit: interrupted; completed checkpoints are kept (resume with --resume)", file=sys.stderr)
+        resume = "; completed checkpoints are kept (resume with --resume)" if args.command == "train" else ""
+        print(f"ftkit: interrupted{resume}", file=sys.stderr)
         return 130
 
 
