@@ -109,9 +109,9 @@ def shared_base(targets: Sequence[Target], quantization: str | None) -> ModelCon
     base = first.model_copy(update={"quantization": quantization}) if quantization else first
     for target in targets:
         if target.adapter is not None and target.model.quantization != base.quantization:
-            log.warning("warning: '%s' was trained on a %s base and runs on a %s one here; its answers may differ "
-                        "from its evaluation (--quantization %s matches it)", target.name, target.model.quantization,
-                        base.quantization, target.model.quantization)
+            log.warning("warning: '%s' was trained with quantization %s and runs with %s here; its answers may "
+                        "differ from its evaluation (--quantization %s matches it)", target.name,
+                        target.model.quantization, base.quantization, target.model.quantization)
     return base
 
 

@@ -209,6 +209,16 @@ def test_adapters_of_different_bases_are_refused_before_loading(tmp_path: Path) 
         deploy.shared_base(targets, None)
 
 
+def test_an_adapter_served_on_a_differently_quantized_base_is_warned_about(tmp_path: Path, caplog) -> None:
+    from ftkit.recipe import ModelConfig
+
+    trained = deploy.Target("a", ModelConfig(source=str(tmp_path), quantization="none"), tmp_path)
+    assert deploy.shared_base([trained], "4bit").quantization == "4bit"
+    assert "'a' was trained with quantization none and runs with 4bit" in caplog.text
+    caplog.clear()
+    assert deploy.shared_base([trained], None).quantization == "none" and not caplog.text
+
+
 def test_serve_with_a_folder_that_is_no_target_is_one_error_line(tmp_path: Path, capsys) -> None:
     assert main(["serve", str(tmp_path), "--port", "0"]) == 2
     err = capsys.readouterr().err
