@@ -365,6 +365,7 @@ def _quiet_libraries() -> None:
     # bitsandbytes logs a warning on import on CPUs with AVX512-BF16 when the optional `kernels`
     # package is missing; it is noise to a user (and would precede every `ftkit: error:` line).
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # "This GGUF file is for Little Endian only" on every write
 
 
 def main(argv: list[str] | None = None) -> int:

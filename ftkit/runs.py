@@ -120,6 +120,7 @@ def write_bytes(path: Path, data: bytes) -> None:
     """Write a file atomically: a temporary sibling, fsync, then rename over the target."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the usual permissions
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -129,6 +130,12 @@ def write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: Path, text: str) -> None:
@@ -147,6 +154,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def staged_dir(target: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; on success it replaces `target` in one rename."""
     stage = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    stage.chmod(0o777 & ~_umask())  # mkdtemp makes 0700: a shipped folder must be readable like any other
     try:
         yield stage
         if target.exists():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -25,6 +26,10 @@ def test_adapter_package_loads_with_plain_peft_and_has_a_model_card(trained_run,
     assert f"{accuracy['value']:.3f} [{accuracy['ci_low']:.3f}, {accuracy['ci_high']:.3f}]" in card
     assert "PeftModel.from_pretrained" in card and "--max-lora-rank 8" in card
     assert (out / "recipe.yaml").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # staged folders and atomic writes are not left 0700/0600
+    assert (out / "README.md").stat().st_mode & 0o777 == 0o666 & ~umask
 
     ids = torch.tensor([[1, 420, 3050, 77, 9]])
     packaged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out)
