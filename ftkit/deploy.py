@@ -53,7 +53,7 @@ def resolve_target(path: Path, taken: Sequence[str] = ()) -> Target:
 
     run = RunDir(path)
     if run.recipe.is_file() and (run.adapter / "adapter_config.json").is_file():
-        return Target(_unique(path.resolve().name, taken), _recipe_model(run.recipe), run.adapter)
+        return Target(_unique(path.resolve().name, taken), lineage.base_config(run.adapter), run.adapter)
     if run.recipe.is_file():
         raise DeployError(f"{path} is a run directory without a finished adapter (no {run.adapter}/adapter_config.json); "
                           "finish training it first (ftkit train RECIPE --resume)")
@@ -73,22 +73,6 @@ def _unique(label: str, taken: Sequence[str]) -> str:
     if label == BASE_NAME or label in taken:
         return f"{label}-{len(taken) + 1}"
     return label
-
-
-def _recipe_model(recipe_path: Path) -> ModelConfig:
-    import yaml
-    from pydantic import ValidationError
-
-    try:
-        raw = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) or {}
-        return ModelConfig.model_validate(raw.get("model") or {}, context={"base_dir": recipe_path.parent})
-    except ValidationError as error:
-        first = error.errors()[0]
-        key = ".".join(["model", *map(str, first["loc"])])
-        raise DeployError(f"{recipe_path}: {key}: {first['msg'].removeprefix('Value error, ')}") from None
-    except (yaml.YAMLError, AttributeError, UnicodeDecodeError) as error:
-        problem = str(error).splitlines()[0]
-        raise DeployError(f"{recipe_path}: cannot read its model section ({problem}); is it a recipe ftkit wrote?") from None
 
 
 def shared_base(targets: Sequence[Target], quantization: str | None) -> ModelConfig:

@@ -101,16 +101,37 @@ def read(adapter_dir: Path) -> dict[str, Any]:
 def base_config(adapter_dir: Path) -> ModelConfig:
     """The `model` section the adapter was trained with, to load its base model again.
 
-    Falls back to peft's `base_model_name_or_path` for adapters ftkit did not write.
+    From the lineage record; else from the run's recipe.yaml beside the adapter; else, for adapters
+    ftkit did not write, peft's `base_model_name_or_path` in full precision (the training
+    quantization is unknown, and full precision is what any adapter can be loaded onto).
     """
     lineage = read(adapter_dir)
     if "model" in lineage:
         return ModelConfig.model_validate(lineage["model"])
+    if (adapter_dir.parent / "recipe.yaml").is_file():
+        return recipe_model(adapter_dir.parent / "recipe.yaml")
     config = adapter_dir / "adapter_config.json"
     source = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path") if config.is_file() else None
     if not source:
         raise LineageError(f"{adapter_dir}: no manifest lineage and no base_model_name_or_path; cannot tell its base model")
-    return ModelConfig.model_validate({"source": source}, context={"base_dir": adapter_dir})
+    return ModelConfig.model_validate({"source": source, "quantization": "none"}, context={"base_dir": adapter_dir})
+
+
+def recipe_model(recipe_path: Path) -> ModelConfig:
+    """A run's `model` section, read on its own: the recipe's data files may be gone where the adapter is used."""
+    import yaml
+    from pydantic import ValidationError
+
+    try:
+        raw = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) or {}
+        return ModelConfig.model_validate(raw.get("model") or {}, context={"base_dir": recipe_path.parent})
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(["model", *map(str, first["loc"])])
+        raise LineageError(f"{recipe_path}: {key}: {first['msg'].removeprefix('Value error, ')}") from None
+    except (yaml.YAMLError, AttributeError, UnicodeDecodeError) as error:
+        problem = str(error).splitlines()[0]
+        raise LineageError(f"{recipe_path}: cannot read its model section ({problem}); is it a recipe ftkit wrote?") from None
 
 
 def check(adapter_dir: Path, source: str, tokenizer: Any | None) -> list[str]:

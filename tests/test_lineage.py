@@ -50,3 +50,12 @@ def test_a_different_chat_template_is_reported(trained_run, tiny_model_dir) -> N
     changed.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     warnings = adapters.check(adapter, loaded.model, changed)
     assert len(warnings) == 1 and "chat template differs" in warnings[0]
+
+
+def test_base_of_an_adapter_without_lineage(trained_run, tiny_model_dir) -> None:
+    """Other tools' adapters: from a run's recipe.yaml if there is one, else peft's base path in full precision."""
+    adapter = RunDir(trained_run("old", model={"quantization": "8bit"})).adapter
+    (adapter / "manifest.json").unlink()
+    assert lineage.base_config(adapter).quantization == "8bit"  # from runs/old/recipe.yaml
+    (adapter.parent / "recipe.yaml").unlink()
+    assert lineage.base_config(adapter) == ModelConfig(source=str(tiny_model_dir), quantization="none")
