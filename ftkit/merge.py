@@ -31,7 +31,7 @@ import torch
 from ftkit import adapters, lineage
 from ftkit.errors import FtkitError
 from ftkit.inference import generate_greedy
-from ftkit.models import LoadedModel, load_model, load_tokenizer, resolve_source
+from ftkit.models import LoadedModel, compute_dtype, load_model, load_tokenizer, resolve_source
 from ftkit.recipe import ModelConfig
 from ftkit.runs import RunDir, staged_dir, write_json, write_manifest
 
@@ -82,7 +82,7 @@ def quantized_modules(model: Any) -> dict[str, Any]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))}
 
 
-def dequantized_weight(weight: torch.Tensor, quantized: Any, name: str) -> torch.Tensor:
+def dequantized_weight(weight: torch.Tensor, quantized: Any, name: str, loaded_as: torch.dtype) -> torch.Tensor:
     """dequant(quant(W)) as bitsandbytes stored it in `quantized`, in fp32.
 
     The weight is quantized again here with the module's own settings and the result is compared
@@ -93,8 +93,8 @@ def dequantized_weight(weight: torch.Tensor, quantized: Any, name: str) -> torch
     import bitsandbytes.functional as F
 
     stored = quantized.weight
-    if stored.dtype == torch.int8:  # LLM.int8(): row-wise absmax, quantized from fp16
-        codes, scales, _ = F.int8_vectorwise_quant(weight.to(torch.float16))
+    if stored.dtype == torch.int8:  # LLM.int8(): row-wise absmax, quantized from fp16 after loading as `loaded_as`
+        codes, scales, _ = F.int8_vectorwise_quant(weight.to(loaded_as).to(torch.float16))
         same = torch.equal(codes, stored.data) and torch.equal(scales, stored.SCB)
         result = F.int8_vectorwise_dequant(codes, scales)
     else:
@@ -125,7 +125,7 @@ def full_precision_base(cfg: ModelConfig, quantized: Any | None) -> tuple[Loaded
     replaced = quantized_modules(quantized)
     with torch.no_grad():
         for name, module in replaced.items():
-            modules[name].weight.copy_(dequantized_weight(modules[name].weight, module, name))
+            modules[name].weight.copy_(dequantized_weight(modules[name].weight, module, name, compute_dtype(cfg.compute_dtype)))
     return base, len(replaced)
 
 
@@ -235,47 +235,61 @@ class MergeResult:
 def merge(target: Path, out: Path, *, dtype: str = "bf16", base_policy: BasePolicy = "dequantized",
           count: int = 8, max_new_tokens: int = 16, overwrite: bool = False) -> MergeResult:
     """Merge the adapter at `target` into a full-precision base, save it, and verify it (see module doc)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     adapter_dir = adapter_folder(target)
     adapters.check(adapter_dir)
     cfg = lineage.base_config(adapter_dir)
-    trained_tokenizer = AutoTokenizer.from_pretrained(adapter_dir)  # carries the trained chat template
-    tokenizer = load_tokenizer(resolve_source(cfg.source), cfg)
+    tokenizer = adapter_tokenizer(adapter_dir, cfg)
     probe = probes(adapter_dir, tokenizer, count)
+
+    def run(model: Any) -> Outputs:
+        return outputs_of(model, tokenizer, probe, max_new_tokens)
+
     with output_folder(out, overwrite) as stage:
         quantized = load_model(cfg).model if cfg.quantization != "none" else None  # the base as trained
         base, replaced = full_precision_base(cfg, quantized if base_policy == "dequantized" else None)
-        trained = None
-        if quantized is not None:  # the adapter as trained and evaluated: on the quantized base
-            trained = outputs_of(adapters.load(quantized, adapter_dir, tokenizer=trained_tokenizer), tokenizer, probe, max_new_tokens)
-            del quantized
-        model = adapters.load(base.model, adapter_dir, tokenizer=trained_tokenizer)
-        reference = outputs_of(model, tokenizer, probe, max_new_tokens)
+        trained = run(adapters.load(quantized, adapter_dir, tokenizer=tokenizer)) if quantized is not None else None
+        del quantized
+        model = adapters.load(base.model, adapter_dir, tokenizer=tokenizer)
+        reference = run(model)
         refuse_quantized(model)
         merged = model.merge_and_unload()
-        exact = compare(outputs_of(merged, tokenizer, probe, max_new_tokens), reference)
-        if exact.max_abs_logit_diff > TOLERANCE["fp32"]:
-            raise MergeError(f"the merged model's logits differ from the adapter's by {exact.max_abs_logit_diff:.2e} "
-                             f"(> {TOLERANCE['fp32']:.0e}); nothing was written")
-        merged.to(DTYPES[dtype]).save_pretrained(stage, safe_serialization=True)
-        trained_tokenizer.save_pretrained(stage)
-        del merged, model, base
-        reloaded = AutoModelForCausalLM.from_pretrained(stage, dtype=torch.float32, use_safetensors=True)
-        saved_outputs = outputs_of(reloaded, tokenizer, probe, max_new_tokens)
+        exact = compare(run(merged), reference)
+        require(exact, TOLERANCE["fp32"], "the merged fp32 model")
+        saved = run(save_and_reload(merged.to(DTYPES[dtype]), tokenizer, stage))
         result = MergeResult(
             out=out, adapter=str(adapter_dir), base_source=cfg.source, trained_quantization=cfg.quantization,
             base_policy=base_policy if cfg.quantization != "none" else "original", dequantized_weights=replaced,
             dtype=dtype, probes=len(probe.full), tolerance=TOLERANCE[dtype], merge_exactness=exact,
-            saved=compare(saved_outputs, reference),
-            quantization_gap=compare(saved_outputs, trained) if trained else None,
+            saved=compare(saved, reference), quantization_gap=compare(saved, trained) if trained else None,
         )
-        if result.saved.max_abs_logit_diff > result.tolerance:
-            raise MergeError(f"the saved {dtype} model's logits differ from the adapter's by "
-                             f"{result.saved.max_abs_logit_diff:.3g} (> {result.tolerance}); nothing was written")
+        require(result.saved, result.tolerance, f"the saved {dtype} model")
         write_json(stage / VERIFICATION, result.to_json())
         write_manifest(stage, {"lineage": lineage.read(adapter_dir) | {"merged": result.to_json()}})
     return result
+
+
+def adapter_tokenizer(adapter_dir: Path, cfg: ModelConfig) -> Any:
+    """The tokenizer saved with the adapter (it carries the trained chat template), else the base's."""
+    from transformers import AutoTokenizer
+
+    if (adapter_dir / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(adapter_dir)
+    return load_tokenizer(resolve_source(cfg.source), cfg)
+
+
+def require(agreement: Agreement, tolerance: float, what: str) -> None:
+    if agreement.max_abs_logit_diff > tolerance:
+        raise MergeError(f"{what}'s logits differ from the adapter's by {agreement.max_abs_logit_diff:.3g} "
+                         f"(> {tolerance:g}); nothing was written")
+
+
+def save_and_reload(model: Any, tokenizer: Any, folder: Path) -> Any:
+    """Save as safetensors with the tokenizer, then load back with plain transformers (fp32) to check what was written."""
+    from transformers import AutoModelForCausalLM
+
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
 
 
 def render(result: MergeResult) -> str:

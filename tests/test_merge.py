@@ -70,7 +70,7 @@ def test_merging_into_quantized_weights_is_refused(tiny_model_dir) -> None:
 
 
 def test_existing_output_is_kept_unless_overwrite(trained_run, tmp_path, capsys) -> None:
-    run = trained_run("keep", train={"max_steps": 1})
+    run = trained_run("keep", train={"max_steps": 2})
     out = tmp_path / "exists"
     out.mkdir()
     (out / "precious.txt").write_text("mine")
