@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-fast bench-eval clean
+.PHONY: setup demo test test-fast bench bench-train bench-eval clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,19 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+# `make bench`: training speed/memory vs the stock TRL QLoRA path, then evaluation speed (~14 min on
+# 2 idle cores; numbers taken while other work runs on the machine are not worth keeping).
+BENCH_STAMP := $(VENV)/.ftkit-bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install -q -c constraints.txt -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: bench-train bench-eval
+
+bench-train: $(BENCH_STAMP)
+	$(BIN)/python bench/train_speed.py
 
 bench-eval: setup
 	$(BIN)/python bench/eval_speed.py

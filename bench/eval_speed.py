@@ -7,27 +7,28 @@ both. The generate baseline is what a user of a Trainer-based toolkit typically 
 
     python bench/eval_speed.py [--recipe recipes/sentiment-smollm2-qlora.yaml] [--examples 200] [--repeats 2]
 
-Writes bench/results/eval_speed.json and prints a Markdown table.
+Writes bench/results/eval_speed.json and .md and prints the Markdown table; `make bench` runs it after
+the training benchmark (bench/train_speed.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python bench/eval_speed.py` finds bench/common.py
+
+from common import SENTIMENT_RECIPE, machine, write_results  # noqa: E402
 from ftkit.data import load_split
 from ftkit.evaluation import predict_system
 from ftkit.models import load_model
 from ftkit.recipe import load_recipe
 from ftkit.tasks import get_task
-
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @torch.inference_mode()
 def generate_one_at_a_time(model, tokenizer, examples, labels) -> list[str]:
@@ -42,7 +43,7 @@ def generate_one_at_a_time(model, tokenizer, examples, labels) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default=str(ROOT / "recipes/sentiment-smollm2-qlora.yaml"))
+    parser.add_argument("--recipe", default=str(SENTIMENT_RECIPE))
     parser.add_argument("--examples", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -74,13 +75,12 @@ def main() -> None:
                      "examples_per_s": round(len(examples) / median, 2), "accuracy": accuracy[name], "runs_s": [round(s, 2) for s in seconds]})
     speedup = rows[0]["examples_per_s"] / rows[1]["examples_per_s"]
     result = {"recipe": args.recipe, "quantization": recipe.model.quantization, "batch_size": args.batch_size,
-              "torch_threads": torch.get_num_threads(), "rows": rows, "speedup": round(speedup, 2)}
-    out = ROOT / "bench/results/eval_speed.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"| method | examples | median s | examples/s | accuracy |\n|---|---|---|---|---|")
-    for row in rows:
-        print(f"| {row['method']} | {row['examples']} | {row['median_s']} | {row['examples_per_s']} | {row['accuracy']:.3f} |")
+              "torch_threads": torch.get_num_threads(), "machine": machine(), "rows": rows, "speedup": round(speedup, 2)}
+    table = "\n".join(["| method | examples | median s | examples/s | accuracy |", "|---|---|---|---|---|"]
+                      + [f"| {row['method']} | {row['examples']} | {row['median_s']} | {row['examples_per_s']} | {row['accuracy']:.3f} |"
+                         for row in rows])
+    out, _ = write_results("eval_speed", result, table)
+    print(table)
     print(f"\nbatched label scoring is {speedup:.1f}x faster ({recipe.model.quantization}, batch {args.batch_size}, "
           f"{torch.get_num_threads()} threads); written to {out}")
 

@@ -122,6 +122,21 @@ class CompletionLossTrainer(Trainer):
     """
 
     loss_is_scaled_for_ga = True
+    max_batch_tokens: int | None = None  # padded tokens one forward may hold; more and the batch is split (see training_step)
+
+    def training_step(self, model: Any, inputs: dict[str, torch.Tensor],
+                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+        """One micro-batch, run in row chunks when it holds more than `max_batch_tokens` padded tokens.
+
+        Peak memory is set by the widest batch: one long example pads all its neighbours to its
+        length. Each chunk's loss is divided by the trained-token count of the whole batch, so
+        the chunks' gradients add up to the batch's own; the optimizer step does not change.
+        Not under multi-process training, where each backward would synchronise gradients.
+        """
+        chunks = [inputs]
+        if self.max_batch_tokens and num_items_in_batch is not None and self.args.world_size == 1:
+            chunks = split_batch(inputs, self.max_batch_tokens)
+        return sum(super(CompletionLossTrainer, self).training_step(model, chunk, num_items_in_batch) for chunk in chunks)
 
     def compute_loss(self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None) -> Any:
@@ -139,6 +154,33 @@ class CompletionLossTrainer(Trainer):
             if self.args.average_tokens_across_devices:  # the count was summed over processes; gradients are averaged
                 loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
+
+
+def split_batch(batch: dict[str, torch.Tensor], max_tokens: int) -> list[dict[str, torch.Tensor]]:
+    """Right-padded rows regrouped, longest first, into chunks of at most `max_tokens` padded tokens
+    (a row longer than that is a chunk of its own); each chunk is cut to its own longest row."""
+    if batch["input_ids"].numel() <= max_tokens:
+        return [batch]
+    lengths = batch["attention_mask"].sum(dim=1)
+    order = lengths.argsort(descending=True, stable=True).tolist()
+    chunks, start = [], 0
+    while start < len(order):
+        width = int(lengths[order[start]])
+        end = start + max(1, max_tokens // max(width, 1))
+        rows = torch.tensor(order[start:end])
+        chunks.append({key: value[rows, :width] for key, value in batch.items()})
+        start = end
+    return chunks
+
+
+def batch_token_budget(rows: list[Encoded], batch_size: int) -> int:
+    """Padded tokens a micro-batch may hold: `batch_size` examples at the 90th-percentile length.
+
+    Ordinary batches stay whole; only a batch that a long example widens well past the typical
+    one is split, which bounds peak memory by the data's typical length, not its longest row.
+    """
+    lengths = sorted(len(row.input_ids) for row in rows)
+    return batch_size * lengths[int(0.9 * (len(lengths) - 1))]
 
 
 @dataclass
@@ -229,6 +271,7 @@ def train(recipe: Recipe, run: RunDir, *, resume: bool = False, checks: Prefligh
         processing_class=loaded.tokenizer,
         callbacks=[log, NanGuard(), *callbacks],
     )
+    trainer.max_batch_tokens = batch_token_budget(train_set.rows, recipe.train.batch_size)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     started = time.perf_counter()

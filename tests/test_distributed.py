@@ -148,7 +148,7 @@ def test_accelerate_configs_parse_and_ftkit_adapts_to_them(name: str, kind: str,
                                                            monkeypatch) -> None:
     from accelerate.commands.config.config_args import load_config_from_file
 
-    from ftkit.models import ModelError, quantization_config
+    from ftkit.models import ModelError, compute_dtype, quantization_config
     from ftkit.recipe import ModelConfig
 
     config = load_config_from_file(str(CONFIGS / f"{name}.yaml"))
@@ -166,7 +166,7 @@ def test_accelerate_configs_parse_and_ftkit_adapts_to_them(name: str, kind: str,
         monkeypatch.setenv(key, value)
     assert distributed.shards_parameters() is sharded
     four_bit = quantization_config(ModelConfig(quantization="4bit"))
-    assert four_bit.bnb_4bit_quant_storage == (torch.float32 if sharded else torch.uint8)  # float32: CPU compute dtype
+    assert four_bit.bnb_4bit_quant_storage == (compute_dtype("auto") if sharded else torch.uint8)  # the compute dtype
     if sharded:
         with pytest.raises(ModelError, match="8bit weights cannot be sharded"):
             quantization_config(ModelConfig(quantization="8bit"))

@@ -54,7 +54,7 @@ def test_shared_prompt_option_scores_equal_full_sequences(tiny_model_dir, tokeni
     from ftkit.models import load_model
     from ftkit.recipe import ModelConfig
 
-    model = load_model(ModelConfig(source=str(tiny_model_dir), quantization=quantization)).model.eval()
+    model = load_model(ModelConfig(source=str(tiny_model_dir), quantization=quantization, compute_dtype="float32")).model.eval()
     prompts = ["Review: short\nSentiment:", "Review: a much longer review about a toaster that burnt bread\nSentiment:"]
     labels = [" negative", " very positive", " ok"]
     options = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in labels]

@@ -31,16 +31,16 @@ def test_pad_is_distinct_from_eos(default_model_dir) -> None:
     assert fixed.pad_token_id < len(raw), "an existing token is reused; no embedding resize"
 
 
-def test_auto_compute_dtype_is_float32_on_cpu() -> None:
+def test_auto_compute_dtype_on_cpu_is_bfloat16_only_with_native_bf16() -> None:
     assert not torch.cuda.is_available()
-    assert models.compute_dtype("auto") == torch.float32
+    assert models.compute_dtype("auto") == (torch.bfloat16 if models.cpu_has_native_bf16() else torch.float32)
     assert models.compute_dtype("bfloat16") == torch.bfloat16
 
 
 def test_quantization_configs() -> None:
     four = models.quantization_config(ModelConfig(quantization="4bit", quant_type="fp4", double_quant=False))
     assert four.load_in_4bit and four.bnb_4bit_quant_type == "fp4" and not four.bnb_4bit_use_double_quant
-    assert four.bnb_4bit_compute_dtype == torch.float32
+    assert four.bnb_4bit_compute_dtype == models.compute_dtype("auto")
     assert models.quantization_config(ModelConfig(quantization="8bit")).load_in_8bit
     assert models.quantization_config(ModelConfig(quantization="none")) is None
 

@@ -1,0 +1,407 @@
+"""Training speed and memory: `ftkit train` vs the stock TRL QLoRA path, on the same work.
+
+The stock path is what a user copies from the TRL docs: `SFTTrainer` with its default `SFTConfig`
+(which turns on gradient checkpointing and bf16 autocast), a peft `LoraConfig`, and a bitsandbytes
+4-bit NF4 base with `bnb_4bit_compute_dtype=torch.bfloat16`. Both sides train the sentiment recipe's
+model on its training examples, rendered by ftkit's task into the same prompt/completion text (TRL
+gets a prompt-completion dataset, so it too trains only on the completion + EOS), with the same LoRA
+(r 16, alpha 32, dropout 0.05, all-linear), max length, batch size, learning-rate schedule, seed and
+number of optimizer steps.
+
+Each run is its own subprocess, so its peak RSS is its own; the sides alternate (TRL, ftkit, TRL,
+ftkit...) so machine noise hits both. One `StepTimer` callback, the same class on both sides,
+times from the end of the first optimizer step (warm-up excluded) to the end of the last.
+
+    python bench/train_speed.py                 # the default plan below (what `make bench` runs)
+    python bench/train_speed.py --quick         # 4-bit, 1 pair, 3 steps: does the harness work?
+    python bench/train_speed.py --modes 4bit --pairs 1 --steps 6 --variants ftkit-fp32,ftkit-random
+
+Default plan (about 12 minutes on 2 idle cores): 4-bit NF4, the headline, 3 pairs x 8 steps, each
+pair also running ftkit with gradient checkpointing (its memory/speed trade-off); 8-bit and
+unquantized 1 pair x 5 steps each. --pairs/--steps override every mode's numbers. Variants switch
+one ftkit optimisation off (for the README's "what each buys"): ftkit-fp32 (fp32 compute dtype),
+ftkit-random (no length grouping), ftkit-full-head (LM head and loss at every position),
+ftkit-nosplit (wide batches not split); ftkit-gc turns checkpointing on, trl-nogc turns it off in TRL.
+
+FLOPs: N = non-embedding parameters of the base, L = LoRA parameters, V*d = the LM head. Per input
+token, the forward costs 2N and the backward 2N (gradients of the activations only: the base is
+frozen, so it has no weight gradients) plus 6L for LoRA; per loss-carrying token, the LM head costs
+2Vd forward + 2Vd backward. Attention-score FLOPs (< 2 % at these lengths) are not counted. Both
+sides are credited with this same useful work: TRL's LM head over every position and its
+recomputed forward (gradient checkpointing) are cost, not credit. MFU = achieved FLOP/s over the
+best 2048x2048 matmul FLOP/s measured in the same invocation, in fp32 (the issue's yardstick) and in
+bf16 (what both sides multiply in on a CPU with native bf16, so the tighter figure).
+
+Writes bench/results/train_speed.json and .md and prints the Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python bench/train_speed.py` finds bench/common.py
+
+import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from common import ROOT, SENTIMENT_RECIPE, machine, write_results  # noqa: E402
+
+MODES = ("4bit", "8bit", "none")
+PLAN = {"4bit": (3, 8, ["ftkit-gc"]), "8bit": (1, 5, []), "none": (1, 5, [])}  # mode: (pairs, steps per run, extra runs)
+BATCH = 8
+VARIANTS = {  # name: what it turns off or on (each is one extra run per pair)
+    "ftkit-gc": ["train.gradient_checkpointing=true"],  # memory for speed
+    "ftkit-fp32": ["model.compute_dtype=float32"],  # what the bf16 compute dtype buys on this CPU
+    "ftkit-random": ["train.group_by_length=false"],  # what length grouping buys
+    "ftkit-full-head": [],  # LM head and loss at every position, the Trainer's own loss
+    "ftkit-nosplit": [],  # wide batches are not split into chunks
+    "trl-nogc": [],  # TRL with gradient checkpointing off
+}
+METRICS = ("input_tokens_per_s", "loss_tokens_per_s", "s_per_step", "peak_rss_mb", "final_loss", "mfu")
+
+
+def vm_hwm_mb() -> float:
+    """Peak resident memory of this process so far (VmHWM), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class StepTimer(TrainerCallback):
+    """Time and non-padding input tokens from the end of optimizer step 1 to the end of the last step.
+
+    The first step pays one-off costs (allocations, optimizer state, lazy kernels), so it is
+    excluded the same way on both sides. Also keeps every logged loss and the peak RSS reached
+    before training started (loading) for the memory breakdown.
+    """
+
+    def __init__(self) -> None:
+        self.start: tuple[float, int] | None = None
+        self.cpu_start = self.cpu_end = 0.0  # CPU time of this process: a load-independent cross-check
+        self.end: tuple[float, int] = (0.0, 0)
+        self.timed_steps = 0
+        self.step_ends: list[float] = []
+        self.losses: list[float] = []
+        self.rss_before_training_mb = 0.0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.rss_before_training_mb = vm_hwm_mb()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        now = (time.perf_counter(), int(state.num_input_tokens_seen))
+        self.step_ends.append(now[0])
+        if state.global_step == 1:
+            self.start = now
+            self.cpu_start = time.process_time()
+        self.cpu_end = time.process_time()
+        self.end = now
+        self.timed_steps = state.global_step - 1
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if logs and "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+
+    def summary(self) -> dict[str, Any]:
+        if self.start is None or self.timed_steps < 1:
+            raise SystemExit("train_speed: run at least 2 optimizer steps (the first is warm-up)")
+        seconds, tokens = self.end[0] - self.start[0], self.end[1] - self.start[1]
+        return {
+            "timed_steps": self.timed_steps,
+            "timed_s": round(seconds, 3),
+            "input_tokens": tokens,
+            "s_per_step": round(seconds / self.timed_steps, 3),
+            "cpu_s_per_step": round((self.cpu_end - self.cpu_start) / self.timed_steps, 3),
+            "input_tokens_per_s": round(tokens / seconds, 1),
+            "examples_per_s": round(BATCH * self.timed_steps / seconds, 3),
+            "step_s": [round(b - a, 2) for a, b in zip(self.step_ends, self.step_ends[1:])],
+            "losses": [round(loss, 4) for loss in self.losses],
+            # one step's loss is noisy at batch 8: the mean of the last three steps
+            "final_loss": round(statistics.fmean(self.losses[-3:]), 4),
+            "rss_before_training_mb": round(self.rss_before_training_mb),
+        }
+
+
+# --- the two sides (each runs in its own subprocess) ---------------------------------------------
+
+
+def bench_recipe(mode: str, steps: int, out: Path, extra: list[str]) -> Any:
+    """The sentiment recipe, made into the benchmark's work: batch 8, no accumulation, fixed steps."""
+    from ftkit.recipe import load_recipe
+
+    overrides = [
+        f"model.quantization={mode}", f"train.max_steps={steps}", f"train.batch_size={BATCH}", "train.grad_accum=1",
+        "train.log_every=1", "train.save_every=1000000", "data.validation=null", f"output.dir={out}",
+    ]
+    return load_recipe(SENTIMENT_RECIPE, overrides + extra)
+
+
+def run_ftkit(mode: str, steps: int, out: Path, variant: str) -> dict[str, Any]:
+    """The product path of `ftkit train --no-eval`: pre-flight (tokenise once), load, train, save."""
+    from ftkit import runs
+    from ftkit.preflight import check_recipe
+    from ftkit.train import train
+
+    import ftkit.train
+
+    if variant == "ftkit-full-head":  # ablation: the Trainer's own loss, logits at every position
+        from transformers import Trainer
+
+        ftkit.train.CompletionLossTrainer.compute_loss = Trainer.compute_loss
+    if variant == "ftkit-nosplit":
+        ftkit.train.batch_token_budget = lambda rows, batch_size: None
+    recipe = bench_recipe(mode, steps, out, VARIANTS.get(variant, []))
+    checks = check_recipe(recipe)
+    checks.raise_if_fatal()
+    run = runs.prepare(recipe.run_dir, overwrite=True, resume=False)
+    timer = StepTimer()
+    train(recipe, run, checks=checks, callbacks=[timer])
+    rows = checks.encoded["train"].rows
+    return timer.summary() | {
+        "tokens_per_example": round(statistics.fmean(len(r.input_ids) for r in rows), 2),
+        "loss_tokens_per_example": round(statistics.fmean(r.trained_tokens for r in rows), 3),
+    }
+
+
+def trl_quantization(mode: str) -> Any:
+    """The stock QLoRA settings from the TRL/peft docs (bf16 compute dtype), or none."""
+    from transformers import BitsAndBytesConfig
+
+    if mode == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.bfloat16)
+    if mode == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def run_trl(mode: str, steps: int, out: Path, variant: str) -> dict[str, Any]:
+    """SFTTrainer with default SFTConfig, on ftkit's rendered prompt/completion pairs."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from ftkit.adapters import lora_config
+    from ftkit.data import load_split
+    from ftkit.models import resolve_source
+    from ftkit.tasks import get_task
+
+    recipe = bench_recipe(mode, steps, out, [])
+    task = get_task(recipe.task, recipe.data.max_length)
+    examples = load_split(recipe, task, "train").examples
+    dataset = Dataset.from_list([{"prompt": e.prompt, "completion": e.completion} for e in examples])
+    source = resolve_source(recipe.model.source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, quantization_config=trl_quantization(mode))
+    t = recipe.train
+    tuned = {"gradient_checkpointing": False} if variant == "trl-nogc" else {}
+    config = SFTConfig(
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
+        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, seed=t.seed, max_length=recipe.data.max_length,
+        logging_steps=1, save_strategy="no", report_to="none", include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True, use_cpu=not torch.cuda.is_available(), **tuned,
+    )
+    timer = StepTimer()
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=lora_config(recipe.adapter), callbacks=[timer])
+    trainer.train()
+    encoded = trainer.train_dataset
+    return timer.summary() | {
+        "tokens_per_example": round(statistics.fmean(len(ids) for ids in encoded["input_ids"]), 2),
+        "loss_tokens_per_example": round(statistics.fmean(sum(x != -100 for x in row) for row in encoded["labels"]), 3),
+        "sft_config": {"gradient_checkpointing": config.gradient_checkpointing, "bf16": config.bf16},
+    }
+
+
+def child(side: str, mode: str, steps: int, result_path: Path) -> None:
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"bench-{side}-") as tmp:
+        runner = run_trl if side.startswith("trl") else run_ftkit
+        result = runner(mode, steps, Path(tmp) / "run", side)
+    result |= {"side": side, "mode": mode, "steps": steps, "peak_rss_mb": round(vm_hwm_mb()),
+               "process_s": round(time.perf_counter() - started, 1)}
+    result["loss_tokens_per_s"] = round(result["examples_per_s"] * result["loss_tokens_per_example"], 2)
+    result_path.write_text(json.dumps(result))
+
+
+# --- the parent: plan, alternate, summarise ------------------------------------------------------
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Best n x n matmul throughput of this machine right now, GFLOP/s (an MFU denominator)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        best = min(best, (time.perf_counter() - started) / 4)
+    return 2 * n**3 / best / 1e9
+
+
+def matmul_peaks() -> dict[str, float]:
+    return {"float32": round(matmul_gflops(torch.float32), 1), "bfloat16": round(matmul_gflops(torch.bfloat16), 1)}
+
+
+def flop_counts(recipe_path: Path) -> dict[str, int]:
+    """N (non-embedding base parameters), L (LoRA parameters) and V*d, from the config on the meta device."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ftkit.models import resolve_source
+    from ftkit.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_source(recipe.model.source)))
+    head = model.get_output_embeddings()
+    embeddings = {id(p) for p in (model.get_input_embeddings().weight, head.weight)}
+    body = sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    lora = sum(recipe.adapter.r * (m.in_features + m.out_features) for m in linears)
+    return {"non_embedding_params": body, "lora_params": lora, "lm_head_params": head.weight.numel()}
+
+
+def useful_flops(run: dict[str, Any], counts: dict[str, int]) -> float:
+    """FLOPs of the timed steps by the formula in the module docstring (same credit for both sides)."""
+    loss_tokens = run["examples_per_s"] * run["timed_s"] * run["loss_tokens_per_example"]
+    per_input = 4 * counts["non_embedding_params"] + 6 * counts["lora_params"]
+    return per_input * run["input_tokens"] + 4 * counts["lm_head_params"] * loss_tokens
+
+
+def run_child(side: str, mode: str, steps: int, log: Path) -> dict[str, Any]:
+    """One training run in a fresh process; its output goes to the log, its numbers come back."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as result:
+        with log.open("a") as handle:
+            handle.write(f"\n===== {side} {mode} {steps} steps =====\n")
+            handle.flush()
+            done = subprocess.run(
+                [sys.executable, __file__, "--child", side, "--mode", mode, "--steps", str(steps), "--result", result.name],
+                stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ | {"TOKENIZERS_PARALLELISM": "false"},
+            )
+        if done.returncode != 0:
+            raise SystemExit(f"train_speed: the {side} {mode} run failed (exit {done.returncode}); see {log}")
+        return json.loads(Path(result.name).read_text())
+
+
+def ratios_to_trl(runs: list[dict[str, Any]], side: str) -> dict[str, Any]:
+    """Per-pair ratio side/TRL for every metric (runs pair up in the order they ran), and their median."""
+    ours = [r for r in runs if r["side"] == side]
+    theirs = [r for r in runs if r["side"] == "trl"]
+    out = {}
+    for metric in METRICS:
+        ratios = [a[metric] / b[metric] for a, b in zip(ours, theirs) if b[metric]]
+        out[metric] = {"pairs": [round(x, 3) for x in ratios], "median": round(statistics.median(ratios), 3) if ratios else None}
+    return out
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    by_mode: dict[str, Any] = {}
+    for mode in dict.fromkeys(r["mode"] for r in runs):
+        here = [r for r in runs if r["mode"] == mode]
+        sides = list(dict.fromkeys(r["side"] for r in here))
+        medians = {side: {m: statistics.median(r[m] for r in here if r["side"] == side) for m in METRICS} for side in sides}
+        by_mode[mode] = {"pairs": sum(r["side"] == "trl" for r in here), "steps": here[0]["steps"], "median": medians,
+                         "ratio_to_trl": {side: ratios_to_trl(here, side) for side in sides if side != "trl"}}
+    return by_mode
+
+
+def render(summary: dict[str, Any], peaks: dict[str, float]) -> str:
+    lines = [
+        "| base | run | input tokens/s | loss tokens/s | s/step | peak RSS MB | final loss | MFU (fp32 peak) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for mode, block in summary.items():
+        label = {"4bit": "4-bit NF4", "8bit": "8-bit", "none": "unquantized"}[mode]
+        where = f"{label} ({block['pairs']}x{block['steps']} steps)"
+        for side, m in block["median"].items():
+            lines.append(f"| {where} | {side} | {m['input_tokens_per_s']:.1f} | {m['loss_tokens_per_s']:.2f} | {m['s_per_step']:.2f} | "
+                         f"{m['peak_rss_mb']:.0f} | {m['final_loss']:.3f} | {100 * m['mfu']:.1f} % |")
+        for side, ratios in block["ratio_to_trl"].items():
+            cells = [f"**{ratios[k]['median']:.2f}x** ({', '.join(f'{x:.2f}' for x in ratios[k]['pairs'])})" for k in METRICS]
+            lines.append(f"| {where} | {side} / trl | " + " | ".join(cells) + " |")
+    bf16_share = peaks["float32"] / peaks["bfloat16"]
+    lines.append(f"\nMedians over runs; ratio rows: median of the per-pair ratios (each pair in brackets). "
+                 f"MFU = useful FLOP/s over the measured fp32 2048x2048 matmul peak of {peaks['float32']:.0f} GFLOP/s; "
+                 f"against the bf16 peak ({peaks['bfloat16']:.0f} GFLOP/s) multiply by {bf16_share:.2f}.")
+    return "\n".join(lines)
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, int, int, list[str]]]:
+    """(mode, pairs, steps, sides in each pair) for this invocation."""
+    variants = [v for v in args.variants.split(",") if v]
+    if any(v not in VARIANTS for v in variants):
+        raise SystemExit(f"train_speed: --variants: choose from {', '.join(VARIANTS)}")
+    if args.quick:
+        return [("4bit", 1, 3, ["trl", "ftkit", *variants])]
+    modes = args.modes.split(",") if args.modes else list(MODES)
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise SystemExit(f"train_speed: --modes {','.join(unknown)}: choose from {', '.join(MODES)}")
+    if args.steps is not None and args.steps < 2:
+        raise SystemExit("train_speed: --steps must be at least 2 (the first step is warm-up)")
+    return [(m, args.pairs or PLAN[m][0], args.steps or PLAN[m][1], list(dict.fromkeys(["trl", "ftkit", *PLAN[m][2], *variants])))
+            for m in modes]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", help=f"comma-separated, from {','.join(MODES)} (default: all)")
+    parser.add_argument("--pairs", type=int, help="TRL/ftkit pairs per mode (default: the plan above)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per run, >= 2 (default: the plan above)")
+    parser.add_argument("--quick", action="store_true", help="4-bit, 1 pair, 3 steps: does the harness work?")
+    parser.add_argument("--variants", default="", help=f"extra runs in each pair, from {','.join(VARIANTS)}")
+    parser.add_argument("--name", help="results file name in bench/results (default: train_speed, or train_speed_quick)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child, args.mode, args.steps, args.result)
+
+    todo = plan(args)
+    name = args.name or ("train_speed_quick" if args.quick else "train_speed")
+    log = ROOT / "bench" / "results" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    load_before = os.getloadavg()
+    peaks = [matmul_peaks()]
+    counts = flop_counts(SENTIMENT_RECIPE)
+    runs: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for mode, pairs, steps, sides in todo:
+        for pair in range(1, pairs + 1):
+            for side in sides:
+                run = run_child(side, mode, steps, log)
+                runs.append(run)
+                print(f"{mode} pair {pair}/{pairs} {side}: {run['input_tokens_per_s']} input tokens/s, {run['s_per_step']} s/step, "
+                      f"peak {run['peak_rss_mb']} MB, final loss {run['final_loss']} ({run['process_s']} s)", flush=True)
+    peaks.append(matmul_peaks())
+    peak = {dtype: max(p[dtype] for p in peaks) for dtype in peaks[0]}
+    for run in runs:
+        run["achieved_gflops"] = round(useful_flops(run, counts) / run["timed_s"] / 1e9, 2)
+        run["mfu"] = round(run["achieved_gflops"] / peak["float32"], 4)
+        run["mfu_bf16_peak"] = round(run["achieved_gflops"] / peak["bfloat16"], 4)
+    summary = summarise(runs)
+    table = render(summary, peak)
+    result = {"machine": machine(), "load_average_before_after": [load_before, os.getloadavg()],
+              "matmul_peak_gflops": peak, "matmul_measurements": peaks, "flop_counts": counts, "batch_size": BATCH,
+              "wall_s": round(time.perf_counter() - started, 1), "summary": summary, "runs": runs}
+    as_json, _ = write_results(name, result, table)
+    print("\n" + table)
+    print(f"\n{len(runs)} runs in {result['wall_s']} s on {result['machine']['cpu']} ({result['machine']['torch_threads']} threads, "
+          f"load average {load_before[0]:.2f} before); written to {as_json}")
+
+
+if __name__ == "__main__":
+    main()
