@@ -5,12 +5,16 @@ The stock path is what a user copies from the TRL docs: `SFTTrainer` with its de
 4-bit NF4 base with `bnb_4bit_compute_dtype=torch.bfloat16`. Both sides train the sentiment recipe's
 model on its training examples, rendered by ftkit's task into the same prompt/completion text (TRL
 gets a prompt-completion dataset, so it too trains only on the completion + EOS), with the same LoRA
-(r 16, alpha 32, dropout 0.05, all-linear), max length, batch size, learning-rate schedule, seed and
-number of optimizer steps.
+(the stock `LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")`, so peft's dropout 0; the
+recipe's 0.05 is overridden on both sides), max length (192), batch size (8, no accumulation),
+learning-rate schedule, seed and number of optimizer steps.
 
-Each run is its own subprocess, so its peak RSS is its own; the sides alternate (TRL, ftkit, TRL,
-ftkit...) so machine noise hits both. One `StepTimer` callback, the same class on both sides,
-times from the end of the first optimizer step (warm-up excluded) to the end of the last.
+Each run is its own subprocess, so its peak RSS (VmHWM at the end of training) is its own; the sides
+alternate (TRL, ftkit, TRL, ftkit...) so machine noise hits both. One `StepTimer` callback, the
+same class on both sides, times from the end of the first optimizer step (warm-up excluded) to the
+end of the last. Learning is checked twice: the final training loss (mean of the last 3 steps; the
+two sides see different batches, TRL's random and ftkit's length-grouped) and the loss on the 80
+validation examples after training, computed by one function for both sides.
 
     python bench/train_speed.py                 # the default plan below (what `make bench` runs)
     python bench/train_speed.py --quick         # 4-bit, 1 pair, 3 steps: does the harness work?
@@ -66,7 +70,7 @@ VARIANTS = {  # name: what it turns off or on (each is one extra run per pair)
     "ftkit-nosplit": [],  # wide batches are not split into chunks
     "trl-nogc": [],  # TRL with gradient checkpointing off
 }
-METRICS = ("input_tokens_per_s", "loss_tokens_per_s", "s_per_step", "peak_rss_mb", "final_loss", "mfu")
+METRICS = ("input_tokens_per_s", "loss_tokens_per_s", "s_per_step", "peak_rss_mb", "final_loss", "heldout_loss", "mfu")
 
 
 def vm_hwm_mb() -> float:
@@ -92,10 +96,13 @@ class StepTimer(TrainerCallback):
         self.timed_steps = 0
         self.step_ends: list[float] = []
         self.losses: list[float] = []
-        self.rss_before_training_mb = 0.0
+        self.rss_before_training_mb = self.peak_rss_mb = 0.0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.rss_before_training_mb = vm_hwm_mb()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.peak_rss_mb = vm_hwm_mb()  # before the held-out loss below, which is the benchmark's, not the run's
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         now = (time.perf_counter(), int(state.num_input_tokens_seen))
@@ -128,6 +135,7 @@ class StepTimer(TrainerCallback):
             # one step's loss is noisy at batch 8: the mean of the last three steps
             "final_loss": round(statistics.fmean(self.losses[-3:]), 4),
             "rss_before_training_mb": round(self.rss_before_training_mb),
+            "peak_rss_mb": round(self.peak_rss_mb),
         }
 
 
@@ -138,11 +146,39 @@ def bench_recipe(mode: str, steps: int, out: Path, extra: list[str]) -> Any:
     """The sentiment recipe, made into the benchmark's work: batch 8, no accumulation, fixed steps."""
     from ftkit.recipe import load_recipe
 
-    overrides = [
-        f"model.quantization={mode}", f"train.max_steps={steps}", f"train.batch_size={BATCH}", "train.grad_accum=1",
+    overrides = [  # the issue's stock LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"): peft's dropout 0
+        f"model.quantization={mode}", "adapter.r=16", "adapter.alpha=32", "adapter.dropout=0.0", "adapter.target_modules=all-linear",
+        f"train.max_steps={steps}", f"train.batch_size={BATCH}", "train.grad_accum=1",
         "train.log_every=1", "train.save_every=1000000", "data.validation=null", f"output.dir={out}",
     ]
     return load_recipe(SENTIMENT_RECIPE, overrides + extra)
+
+
+def heldout_loss(model: Any, recipe: Any, autocast: bool) -> float:
+    """Mean completion loss on the sentiment validation split after training: one function, the same 80
+    examples and tokens for both sides, so it compares what was learnt, not which batches came last.
+    Each side runs in its own training numerics (TRL under bf16 autocast)."""
+    from ftkit.data import encode_examples, load_split
+    from ftkit.models import load_tokenizer, resolve_source
+    from ftkit.tasks import get_task
+    from ftkit.train import Collator
+
+    task = get_task(recipe.task, recipe.data.max_length)
+    tokenizer = load_tokenizer(resolve_source(recipe.model.source), recipe.model)
+    examples = load_split(recipe, task, "validation", path=ROOT / "data" / "sentiment" / "validation.jsonl").examples
+    rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in encode_examples(task, tokenizer, examples).rows]
+    model.eval()
+    total = count = 0.0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        for start in range(0, len(rows), 16):
+            batch = Collator(tokenizer.pad_token_id)(rows[start : start + 16])
+            labels = batch.pop("labels")
+            keep = (labels[:, 1:] != -100).any(dim=0).nonzero().squeeze(-1)
+            logits = model(**batch, logits_to_keep=keep, use_cache=False).logits.float()
+            targets = labels[:, keep + 1]
+            total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
+            count += int((targets != -100).sum())
+    return round(total / count, 4)
 
 
 def run_ftkit(mode: str, steps: int, out: Path, variant: str) -> dict[str, Any]:
@@ -164,9 +200,10 @@ def run_ftkit(mode: str, steps: int, out: Path, variant: str) -> dict[str, Any]:
     checks.raise_if_fatal()
     run = runs.prepare(recipe.run_dir, overwrite=True, resume=False)
     timer = StepTimer()
-    train(recipe, run, checks=checks, callbacks=[timer])
+    result = train(recipe, run, checks=checks, callbacks=[timer])
     rows = checks.encoded["train"].rows
     return timer.summary() | {
+        "heldout_loss": heldout_loss(result.model, recipe, autocast=False),
         "tokens_per_example": round(statistics.fmean(len(r.input_ids) for r in rows), 2),
         "loss_tokens_per_example": round(statistics.fmean(r.trained_tokens for r in rows), 3),
     }
@@ -217,6 +254,7 @@ def run_trl(mode: str, steps: int, out: Path, variant: str) -> dict[str, Any]:
     trainer.train()
     encoded = trainer.train_dataset
     return timer.summary() | {
+        "heldout_loss": heldout_loss(trainer.model, recipe, autocast=config.bf16),
         "tokens_per_example": round(statistics.fmean(len(ids) for ids in encoded["input_ids"]), 2),
         "loss_tokens_per_example": round(statistics.fmean(sum(x != -100 for x in row) for row in encoded["labels"]), 3),
         "sft_config": {"gradient_checkpointing": config.gradient_checkpointing, "bf16": config.bf16},
@@ -228,8 +266,7 @@ def child(side: str, mode: str, steps: int, result_path: Path) -> None:
     with tempfile.TemporaryDirectory(prefix=f"bench-{side}-") as tmp:
         runner = run_trl if side.startswith("trl") else run_ftkit
         result = runner(mode, steps, Path(tmp) / "run", side)
-    result |= {"side": side, "mode": mode, "steps": steps, "peak_rss_mb": round(vm_hwm_mb()),
-               "process_s": round(time.perf_counter() - started, 1)}
+    result |= {"side": side, "mode": mode, "steps": steps, "process_s": round(time.perf_counter() - started, 1)}
     result["loss_tokens_per_s"] = round(result["examples_per_s"] * result["loss_tokens_per_example"], 2)
     result_path.write_text(json.dumps(result))
 
@@ -318,15 +355,15 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def render(summary: dict[str, Any], peaks: dict[str, float]) -> str:
     lines = [
-        "| base | run | input tokens/s | loss tokens/s | s/step | peak RSS MB | final loss | MFU (fp32 peak) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| base | run | input tokens/s | loss tokens/s | s/step | peak RSS MB | final train loss | held-out loss | MFU (fp32 peak) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, block in summary.items():
         label = {"4bit": "4-bit NF4", "8bit": "8-bit", "none": "unquantized"}[mode]
         where = f"{label} ({block['pairs']}x{block['steps']} steps)"
         for side, m in block["median"].items():
             lines.append(f"| {where} | {side} | {m['input_tokens_per_s']:.1f} | {m['loss_tokens_per_s']:.2f} | {m['s_per_step']:.2f} | "
-                         f"{m['peak_rss_mb']:.0f} | {m['final_loss']:.3f} | {100 * m['mfu']:.1f} % |")
+                         f"{m['peak_rss_mb']:.0f} | {m['final_loss']:.3f} | {m['heldout_loss']:.3f} | {100 * m['mfu']:.1f} % |")
         for side, ratios in block["ratio_to_trl"].items():
             cells = [f"**{ratios[k]['median']:.2f}x** ({', '.join(f'{x:.2f}' for x in ratios[k]['pairs'])})" for k in METRICS]
             lines.append(f"| {where} | {side} / trl | " + " | ".join(cells) + " |")
@@ -385,7 +422,8 @@ def main() -> None:
                 run = run_child(side, mode, steps, log)
                 runs.append(run)
                 print(f"{mode} pair {pair}/{pairs} {side}: {run['input_tokens_per_s']} input tokens/s, {run['s_per_step']} s/step, "
-                      f"peak {run['peak_rss_mb']} MB, final loss {run['final_loss']} ({run['process_s']} s)", flush=True)
+                      f"peak {run['peak_rss_mb']} MB, final train loss {run['final_loss']}, held-out loss {run['heldout_loss']} "
+                      f"({run['process_s']} s)", flush=True)
     peaks.append(matmul_peaks())
     peak = {dtype: max(p[dtype] for p in peaks) for dtype in peaks[0]}
     for run in runs:
@@ -399,7 +437,7 @@ def main() -> None:
               "wall_s": round(time.perf_counter() - started, 1), "summary": summary, "runs": runs}
     as_json, _ = write_results(name, result, table)
     print("\n" + table)
-    print(f"\n{len(runs)} runs in {result['wall_s']} s on {result['machine']['cpu']} ({result['machine']['torch_threads']} threads, "
+    print(f"\n{len(runs)} runs in {result['wall_s']} s on {result['machine']['cpu']} (torch threads: {result['machine']['torch_threads']}, "
           f"load average {load_before[0]:.2f} before); written to {as_json}")
 
 
