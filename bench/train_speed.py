@@ -85,8 +85,9 @@ class StepTimer(TrainerCallback):
     """Time and non-padding input tokens from the end of optimizer step 1 to the end of the last step.
 
     The first step pays one-off costs (allocations, optimizer state, lazy kernels), so it is
-    excluded the same way on both sides. Also keeps every logged loss and the peak RSS reached
-    before training started (loading) for the memory breakdown.
+    excluded the same way on both sides. Also keeps every logged loss, the process's CPU time (a
+    cross-check that does not depend on the machine's load) and its peak RSS when training starts
+    (imports, data and loading) and ends.
     """
 
     def __init__(self) -> None:
