@@ -32,7 +32,7 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
-# `make bench`: training speed/memory vs the stock TRL QLoRA path, then evaluation speed (~14 min on
+# `make bench`: training speed/memory vs the stock TRL QLoRA path, then evaluation speed (estimated 12-14 min on
 # 2 idle cores; numbers taken while other work runs on the machine are not worth keeping).
 BENCH_STAMP := $(VENV)/.ftkit-bench-installed
 

@@ -20,7 +20,7 @@ validation examples after training, computed by one function for both sides.
     python bench/train_speed.py --quick         # 4-bit, 1 pair, 3 steps: does the harness work?
     python bench/train_speed.py --modes 4bit --pairs 1 --steps 6 --variants ftkit-fp32,ftkit-random
 
-Default plan (about 12 minutes on 2 idle cores): 4-bit NF4, the headline, 3 pairs x 8 steps, each
+Default plan (estimated 10-12 minutes on 2 idle cores, then ~2 for bench/eval_speed.py): 4-bit NF4, the headline, 3 pairs x 8 steps, each
 pair also running ftkit with gradient checkpointing (its memory/speed trade-off); 8-bit and
 unquantized 1 pair x 5 steps each. --pairs/--steps override every mode's numbers. Variants switch
 one ftkit optimisation off (for the README's "what each buys"): ftkit-fp32 (fp32 compute dtype),
