@@ -22,7 +22,8 @@ def test_adapter_manifest_records_its_lineage(trained_run, tiny_model_dir) -> No
     assert record["base_model"]["fingerprint"] == lineage.base_fingerprint(str(tiny_model_dir))
     assert record["model"]["quantization"] == "none" and record["recipe"] == "lin"
     assert all(len(record[k]) == 64 for k in ("recipe_sha256", "tokenizer_sha256", "chat_template_sha256", "data_sha256"))
-    assert lineage.base_config(adapter) == ModelConfig(source=str(tiny_model_dir), quantization="none")
+    config = lineage.base_config(adapter)
+    assert (config.source, config.quantization, config.compute_dtype) == (str(tiny_model_dir), "none", "float32")
 
 
 def test_an_adapter_is_refused_on_another_base_model(trained_run, tiny_model_dir, tmp_path) -> None:
