@@ -49,7 +49,7 @@ def resolve_target(path: Path, taken: Sequence[str] = ()) -> Target:
     records (`lineage.base_config`).
     """
     from ftkit import lineage
-    from ftkit.runs import RunDir
+    from ftkit.runs import RunDir, adapter_name
 
     run = RunDir(path)
     if run.recipe.is_file() and (run.adapter / "adapter_config.json").is_file():
@@ -58,8 +58,7 @@ def resolve_target(path: Path, taken: Sequence[str] = ()) -> Target:
         raise DeployError(f"{path} is a run directory without a finished adapter (no {run.adapter}/adapter_config.json); "
                           "finish training it first (ftkit train RECIPE --resume)")
     if (path / "adapter_config.json").is_file():
-        label = path.resolve().parent.name if path.resolve().name == "adapter" else path.resolve().name
-        return Target(_unique(label, taken), lineage.base_config(path), path)
+        return Target(_unique(adapter_name(path), taken), lineage.base_config(path), path)
     if (path / "config.json").is_file():
         return Target(BASE_NAME, ModelConfig(source=str(path.resolve()), quantization="none"))
     raise DeployError(

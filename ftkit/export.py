@@ -25,7 +25,7 @@ import torch
 
 from ftkit import lineage, merge
 from ftkit.errors import FtkitError
-from ftkit.runs import MANIFEST, write_json, write_manifest, write_text
+from ftkit.runs import MANIFEST, adapter_name, write_json, write_manifest, write_text
 
 FORMATS = ("adapter", "safetensors", "gguf", "ollama")
 GGUF_DTYPES = {"f32": torch.float32, "f16": torch.float16}
@@ -171,7 +171,7 @@ def export_gguf(target: Path, out: Path, *, gguf_dtype: str, ollama: bool, overw
         config = AutoConfig.from_pretrained(merged_dir)
         check_architecture(config)
         tokenizer = AutoTokenizer.from_pretrained(merged_dir)
-        name = _export_name(adapter_dir)
+        name = adapter_name(adapter_dir)
         gguf_path = stage / f"{name}.gguf"
         write_gguf(merged_dir, gguf_path, gguf_dtype, name)
         check = verify_gguf(merged_dir, gguf_path, merge.probes(adapter_dir, tokenizer, merged.probes), gguf_dtype)
@@ -187,10 +187,6 @@ def export_gguf(target: Path, out: Path, *, gguf_dtype: str, ollama: bool, overw
     if ollama:
         summary.append(f"Ollama Modelfile -> {out / 'Modelfile'} (template checked); run: ollama create {name} -f {out / 'Modelfile'}")
     return "\n".join(summary)
-
-
-def _export_name(adapter_dir: Path) -> str:
-    return adapter_dir.parent.name if adapter_dir.name == "adapter" else adapter_dir.name
 
 
 def check_architecture(config: Any) -> None:

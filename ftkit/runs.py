@@ -78,6 +78,12 @@ class RunDir:
         return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+def adapter_name(folder: Path) -> str:
+    """A readable name for an adapter folder: its run's name when it is runs/<name>/adapter, else its own."""
+    folder = folder.resolve()
+    return folder.parent.name if folder.name == "adapter" else folder.name
+
+
 def check_target(path: Path, *, overwrite: bool, resume: bool) -> None:
     """Refuse, without touching anything, a run directory that the command may not use."""
     if path.exists() and not path.is_dir():

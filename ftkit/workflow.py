@@ -189,7 +189,7 @@ def _stack_adapters(model: Any, tokenizer: Any, folders: list[Path]) -> tuple[An
 
 def _label(folder: Path, taken: dict[str, str]) -> str:
     """A readable name for an adapter: its run's name when it sits in runs/<name>/adapter."""
-    label = folder.parent.name if folder.name == "adapter" else folder.name
+    label = runs.adapter_name(folder)
     return label if label not in taken else f"{label}-{len(taken)}"
 
 
