@@ -305,8 +305,9 @@ def verify_gguf(merged_dir: Path, gguf_path: Path, probe: merge.Probe, dtype: st
     if check.max_abs_logit_diff > check.tolerance:
         raise ExportError(f"GGUF logits differ from the merged model's by {check.max_abs_logit_diff:.3g} (> {check.tolerance}); "
                           "nothing was written")
-    texts = _tokenizer_texts(AutoTokenizer.from_pretrained(merged_dir), probe)
-    mismatched = [t for t in texts if gguf_tokenizer(t)["input_ids"] != AutoTokenizer.from_pretrained(merged_dir)(t)["input_ids"]]
+    merged_tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    texts = _tokenizer_texts(merged_tokenizer, probe)
+    mismatched = [t for t in texts if gguf_tokenizer(t)["input_ids"] != merged_tokenizer(t)["input_ids"]]
     if mismatched:
         raise ExportError(f"the GGUF tokenizer encodes {len(mismatched)} of {len(texts)} texts differently, e.g. {mismatched[0][:60]!r}")
     check.tokenizer_texts = len(texts)
