@@ -159,10 +159,10 @@ def heldout_loss(model: Any, recipe: Any, autocast: bool) -> float:
     """Mean completion loss on the sentiment validation split after training: one function, the same 80
     examples and tokens for both sides, so it compares what was learnt, not which batches came last.
     Each side runs in its own training numerics (TRL under bf16 autocast)."""
-    from ftkit.data import encode_examples, load_split
+    from ftkit.data.sources import encode_examples, load_split
     from ftkit.models import load_tokenizer, resolve_source
     from ftkit.tasks import get_task
-    from ftkit.train import Collator
+    from ftkit.training.trainer import Collator
 
     task = get_task(recipe.task, recipe.data.max_length)
     tokenizer = load_tokenizer(resolve_source(recipe.model.source), recipe.model)
@@ -185,17 +185,17 @@ def heldout_loss(model: Any, recipe: Any, autocast: bool) -> float:
 def run_ftkit(mode: str, steps: int, out: Path, variant: str) -> dict[str, Any]:
     """The product path of `ftkit train --no-eval`: pre-flight (tokenise once), load, train, save."""
     from ftkit import runs
-    from ftkit.preflight import check_recipe
-    from ftkit.train import train
+    from ftkit.data.preflight import check_recipe
+    from ftkit.training.trainer import train
 
-    import ftkit.train
+    import ftkit.training.trainer
 
     if variant == "ftkit-full-head":  # ablation: the Trainer's own loss, logits at every position
         from transformers import Trainer
 
-        ftkit.train.CompletionLossTrainer.compute_loss = Trainer.compute_loss
+        ftkit.training.trainer.CompletionLossTrainer.compute_loss = Trainer.compute_loss
     if variant == "ftkit-nosplit":
-        ftkit.train.batch_token_budget = lambda rows, batch_size: None
+        ftkit.training.trainer.batch_token_budget = lambda rows, batch_size: None
     recipe = bench_recipe(mode, steps, out, VARIANTS.get(variant, []))
     checks = check_recipe(recipe)
     checks.raise_if_fatal()
@@ -228,8 +228,8 @@ def run_trl(mode: str, steps: int, out: Path, variant: str) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from ftkit.adapters import lora_config
-    from ftkit.data import load_split
+    from ftkit.training.adapters import lora_config
+    from ftkit.data.sources import load_split
     from ftkit.models import resolve_source
     from ftkit.tasks import get_task
 

@@ -19,7 +19,7 @@ from ftkit import __version__
 from ftkit.errors import FtkitError
 
 EXIT_USAGE = 2
-DTYPE_CHOICES = ("bf16", "fp16", "fp32")  # ftkit.merge.DTYPES, without importing torch for --help
+DTYPE_CHOICES = ("bf16", "fp16", "fp32")  # ftkit.export.merge.DTYPES, without importing torch for --help
 
 OVERRIDES_HELP = "dotted overrides applied to the recipe, e.g. train.max_steps=20 adapter.r=8 model.quantization=8bit"
 
@@ -286,7 +286,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ftkit.workflow import train_and_evaluate, train_in_processes
+    from ftkit.training.workflow import train_and_evaluate, train_in_processes
 
     if args.nproc is not None and args.nproc != 1:
         # The launcher's processes run this same command without --nproc.
@@ -297,19 +297,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from ftkit.workflow import inspect_data
+    from ftkit.training.workflow import inspect_data
 
     return inspect_data(args.recipe, args.overrides)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ftkit.workflow import evaluate_adapters
+    from ftkit.training.workflow import evaluate_adapters
 
     return evaluate_adapters(args.recipe, args.overrides, adapters=args.adapter, split=args.split, data=args.data, out=args.out)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from ftkit import merge
+    from ftkit.export import merge
 
     if args.adapters:
         if args.target:
@@ -325,28 +325,28 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ftkit.export import export
+    from ftkit.export.formats import export
 
     print(export(args.target, args.format, args.out, dtype=args.dtype, overwrite=args.overwrite))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ftkit.compare import compare_runs
+    from ftkit.evaluation.compare import compare_runs
 
     print(compare_runs(args.run_dirs))
     return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from ftkit.chat import run_chat
+    from ftkit.serving.chat import run_chat
 
     return run_chat(args.target, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                     quantization=args.quantization)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ftkit.serve import serve
+    from ftkit.serving.server import serve
 
     return serve(args.targets, host=args.host, port=args.port, api_key_env=args.api_key_env,
                  max_new_tokens_limit=args.max_new_tokens_limit, quantization=args.quantization)

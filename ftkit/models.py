@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ftkit import distributed
+from ftkit.training import distributed
 from ftkit.errors import FtkitError
 from ftkit.recipe import ModelConfig
 from ftkit.runs import sha256_file

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ftkit.encoding import IGNORE_INDEX, encode_prompt_completion
+from ftkit.data.encoding import IGNORE_INDEX, encode_prompt_completion
 from ftkit.recipe import load_recipe
 from ftkit.runs import RunDir
-from ftkit.train import Collator, CompletionLossTrainer, batch_token_budget, split_batch, train
+from ftkit.training.trainer import Collator, CompletionLossTrainer, batch_token_budget, split_batch, train
 
 REVIEWS = [
     "ok",
@@ -98,7 +98,7 @@ def test_split_training_step_takes_the_same_gradient(tiny_model_dir, tokenizer, 
 
 
 def test_token_budget_is_batch_size_at_the_90th_percentile_length() -> None:
-    from ftkit.encoding import Encoded
+    from ftkit.data.encoding import Encoded
 
     rows = [Encoded(input_ids=[1] * n, labels=[1] * n, prompt_truncated=False) for n in [10] * 9 + [100]]
     assert batch_token_budget(rows, 4) == 40  # the one long row does not set the budget
@@ -112,10 +112,10 @@ def test_grouped_and_split_training_equals_plain_training(write_recipe, sentimen
     data = tmp_path / "twelve.jsonl"
     data.write_text("\n".join(lines) + "\n")
     files = {"train": str(data), "validation": None, "test": str(data), "allow_overlap": True, "max_length": 192}
-    import ftkit.train
+    import ftkit.training.trainer
 
     splits = []
-    monkeypatch.setattr(ftkit.train, "split_batch", lambda batch, n: splits.append(n) or split_batch(batch, n))
+    monkeypatch.setattr(ftkit.training.trainer, "split_batch", lambda batch, n: splits.append(n) or split_batch(batch, n))
     adapters = []
     for name, grouped in (("grouped", True), ("plain", False)):
         cfg = {"max_steps": 1, "batch_size": 12, "group_by_length": grouped, "warmup_ratio": 0.0, "learning_rate": 1e-3}
@@ -123,7 +123,7 @@ def test_grouped_and_split_training_equals_plain_training(write_recipe, sentimen
         run = RunDir(recipe.run_dir)
         run.path.mkdir(parents=True)
         if not grouped:
-            monkeypatch.setattr(ftkit.train, "batch_token_budget", lambda rows, size: None)
+            monkeypatch.setattr(ftkit.training.trainer, "batch_token_budget", lambda rows, size: None)
         result = train(recipe, run)
         adapters.append((load_file(run.adapter / "adapter_model.safetensors"), result.train_loss))
     (grouped_w, grouped_loss), (plain_w, plain_loss) = adapters

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ftkit.tasks import get_task
-from ftkit.encoding import IGNORE_INDEX
+from ftkit.data.encoding import IGNORE_INDEX
 from ftkit.errors import RowError
 from ftkit.tasks.chat import ChatOptions
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ftkit import deploy
+from ftkit.serving import runtime as deploy
 from ftkit.cli import main
 from tests.tiny_adapters import make_run
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ftkit.cli import main
-from ftkit.compare import CompareError, compare_runs
+from ftkit.evaluation.compare import CompareError, compare_runs
 from ftkit.errors import FtkitError
 
 PREFIX = "ftkit: error: "

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ftkit import distributed
+from ftkit.training import distributed
 from ftkit.cli import main
 from ftkit.recipe import load_recipe
 from ftkit.runs import RunDir

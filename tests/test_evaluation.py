@@ -7,9 +7,9 @@ import json
 import pytest
 
 from ftkit.cli import main
-from ftkit.evaluation import EvalReport, SystemResult, render_markdown, to_json
+from ftkit.evaluation.evaluator import EvalReport, SystemResult, render_markdown, to_json
 from ftkit.recipe import load_recipe
-from ftkit.stats import Interval
+from ftkit.evaluation.stats import Interval
 from ftkit.tasks import get_task
 from ftkit.tasks.sentiment import SentimentOptions
 
@@ -60,7 +60,7 @@ def test_eval_with_a_folder_that_is_not_an_adapter_is_a_clear_error(trained, tmp
 def test_report_says_plainly_when_a_difference_is_not_significant() -> None:
     task = get_task(SentimentOptions(name="sentiment"), 64)
     examples = [task.make_example({"text": f"t{i}", "label": i % 2}, f"f:row {i}") for i in range(10)]
-    from ftkit.evaluation import Comparison
+    from ftkit.evaluation.evaluator import Comparison
 
     ci = Interval(0.5, 0.2, 0.8, 0.95)
     report = EvalReport(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ftkit.cli import main
-from ftkit.export import ExportError, RoleTemplate, check_architecture, infer_role_template
+from ftkit.export.formats import ExportError, RoleTemplate, check_architecture, infer_role_template
 from ftkit.runs import RunDir
 
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ftkit.cli import main
-from ftkit.data import DataError, encode_examples, load_split
+from ftkit.data.sources import DataError, encode_examples, load_split
 from ftkit.recipe import RecipeError, load_recipe
 from ftkit.tasks import get_task
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from ftkit.inference import score_completions
+from ftkit.evaluation.inference import score_completions
 from ftkit.tasks import get_task
-from ftkit.encoding import encode_prompt_completion
+from ftkit.data.encoding import encode_prompt_completion
 from ftkit.tasks.sentiment import SentimentOptions
 
 
@@ -50,7 +50,7 @@ def test_predict_picks_the_highest_scoring_label(tiny, tokenizer) -> None:
 
 @pytest.mark.parametrize("quantization", ["none", "4bit"])
 def test_shared_prompt_option_scores_equal_full_sequences(tiny_model_dir, tokenizer, quantization) -> None:
-    from ftkit.inference import score_options
+    from ftkit.evaluation.inference import score_options
     from ftkit.models import load_model
     from ftkit.recipe import ModelConfig
 

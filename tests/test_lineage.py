@@ -9,7 +9,8 @@ from copy import deepcopy
 import pytest
 import torch
 
-from ftkit import adapters, lineage
+from ftkit import lineage
+from ftkit.training import adapters
 from ftkit.models import load_model
 from ftkit.recipe import ModelConfig
 from ftkit.runs import RunDir

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ftkit.cli import main
-from ftkit.merge import MergeError, merge, refuse_quantized
+from ftkit.export.merge import MergeError, merge, refuse_quantized
 from ftkit.runs import RunDir
 
 
@@ -60,7 +60,7 @@ def test_quantized_adapter_merges_into_dequantized_weights(trained_run, tmp_path
 def test_merging_into_quantized_weights_is_refused(tiny_model_dir) -> None:
     from peft import get_peft_model
 
-    from ftkit.adapters import lora_config
+    from ftkit.training.adapters import lora_config
     from ftkit.models import load_model
     from ftkit.recipe import AdapterConfig, ModelConfig
 

@@ -1,4 +1,4 @@
-"""Tests for ftkit.metrics: hand-computed known answers, all fully offline.
+"""Tests for ftkit.evaluation.metrics: hand-computed known answers, all fully offline.
 
 Offline is enforced, not assumed: a module-scoped fixture sets the HF offline
 env vars and makes any socket connect raise, and one test loads every metric
@@ -18,10 +18,10 @@ from typing import Any, Iterator
 
 import pytest
 
-# Cheap: ftkit.metrics imports evaluate lazily. Submodules (which import
+# Cheap: ftkit.evaluation.metrics imports evaluate lazily. Submodules (which import
 # evaluate, ~6 s) are imported inside tests, after the offline fixture is
 # active and the background fresh-cache process has started.
-from ftkit.metrics import available_metrics, available_per_example, load_metric, metric_path, per_example
+from ftkit.evaluation.metrics import available_metrics, available_per_example, load_metric, metric_path, per_example
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"}
@@ -45,7 +45,7 @@ _FRESH_CACHE_SCRIPT = r"""
 import json, socket
 def boom(*a, **k): raise RuntimeError("network")
 socket.socket.connect = boom
-from ftkit.metrics import load_metric
+from ftkit.evaluation.metrics import load_metric
 out = {
     "accuracy": load_metric("accuracy").compute(predictions=["a", "b"], references=["a", "a"]),
     "macro_f1": load_metric("macro_f1").compute(predictions=["a"], references=["a"])["macro_f1"],
@@ -203,7 +203,7 @@ def test_macro_f1_rejects_bad_labels() -> None:
     ],
 )
 def test_squad_normalisation(raw: str, normalised: str) -> None:
-    from ftkit.metrics.squad import normalize_answer
+    from ftkit.evaluation.metrics.squad import normalize_answer
 
     assert normalize_answer(raw) == normalised
 
@@ -274,7 +274,7 @@ def test_rouge_l_unicode() -> None:
 
 
 def test_unicode_tokenizer() -> None:
-    from ftkit.metrics.rouge_l import UnicodeTokenizer
+    from ftkit.evaluation.metrics.rouge_l import UnicodeTokenizer
 
     tokens = UnicodeTokenizer().tokenize("Naïve café—Straße नमस्ते 我爱 snake_case")
     assert tokens == ["naïve", "café", "straße", "नमस्ते", "我", "爱", "snake", "case"]
@@ -330,7 +330,7 @@ def test_perplexity_math() -> None:
 
 
 def test_perplexity_edge_cases() -> None:
-    from ftkit.metrics.perplexity import aggregate
+    from ftkit.evaluation.metrics.perplexity import aggregate
 
     assert aggregate([1e6], [1])["perplexity"] == math.inf
     with pytest.raises(ValueError, match="at least one scored token"):

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from ftkit import plots
+from ftkit.evaluation import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -85,7 +85,7 @@ def test_nan_loss_stops_with_the_step(write_recipe, tiny_model_dir, tmp_path, ca
 def test_nan_guard_names_the_step_of_a_late_divergence() -> None:
     from types import SimpleNamespace
 
-    from ftkit.train import NanGuard, TrainingError
+    from ftkit.training.trainer import NanGuard, TrainingError
 
     guard = NanGuard()
     guard.on_log(None, SimpleNamespace(global_step=10), None, logs={"loss": 0.5})

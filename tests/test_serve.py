@@ -17,9 +17,9 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from ftkit import deploy
+from ftkit.serving import runtime as deploy
 from ftkit.cli import main
-from ftkit.serve import Limits, bind, create_app, server
+from ftkit.serving.server import Limits, bind, create_app, server
 from tests.tiny_adapters import make_adapter, make_run
 
 KEY = "test-key-123"
@@ -226,7 +226,7 @@ def test_serve_with_a_folder_that_is_no_target_is_one_error_line(tmp_path: Path,
 
 
 def test_a_taken_port_is_a_clear_error() -> None:
-    from ftkit.serve import ServeError
+    from ftkit.serving.server import ServeError
 
     taken = bind("127.0.0.1", 0)
     with pytest.raises(ServeError, match="choose another --port"):

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from ftkit.cli import main
-from ftkit.data import DataError, find_overlap, hash_split, load_split, read_rows, to_task_columns
+from ftkit.data.sources import DataError, find_overlap, hash_split, load_split, read_rows, to_task_columns
 from ftkit.recipe import SplitConfig, load_recipe
 from ftkit.tasks import get_task
 

@@ -1,4 +1,4 @@
-"""Tests for ftkit.stats: bootstrap CIs, paired bootstrap and McNemar."""
+"""Tests for ftkit.evaluation.stats: bootstrap CIs, paired bootstrap and McNemar."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftkit.stats import (
+from ftkit.evaluation.stats import (
     Interval,
     McNemarResult,
     _binom_half_two_sided,

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from ftkit.cli import main
 from ftkit.recipe import load_recipe
 from ftkit.runs import RunDir
-from ftkit.train import Collator, train
+from ftkit.training.trainer import Collator, train
 
 
 def _adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -132,8 +132,8 @@ def test_completion_only_lm_head_gives_the_full_sequence_loss(tiny_model_dir, to
     """Projecting only loss-carrying positions onto the vocabulary changes the cost, not the loss."""
     from transformers import AutoModelForCausalLM, TrainingArguments
 
-    from ftkit.encoding import encode_prompt_completion
-    from ftkit.train import CompletionLossTrainer
+    from ftkit.data.encoding import encode_prompt_completion
+    from ftkit.training.trainer import CompletionLossTrainer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     rows = [encode_prompt_completion(tokenizer, p, c, 64) for p, c in

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ftkit.encoding import Encoded, encode_prompt_completion
+from ftkit.data.encoding import Encoded, encode_prompt_completion
 from ftkit.errors import RowError
 
 

@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ftkit.inference import generate_greedy, score_completions
-from ftkit.metrics import compute, per_example
-from ftkit.encoding import IGNORE_INDEX, Encoded
+from ftkit.evaluation.inference import generate_greedy, score_completions
+from ftkit.evaluation.metrics import compute, per_example
+from ftkit.data.encoding import IGNORE_INDEX, Encoded
 from ftkit.errors import RowError
 from ftkit.tasks.base import Example, Progress, Task, TaskOptions, batches, register
 

@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ftkit.inference import generate_greedy
-from ftkit.metrics import compute, per_example
-from ftkit.encoding import truncate_middle
+from ftkit.evaluation.inference import generate_greedy
+from ftkit.evaluation.metrics import compute, per_example
+from ftkit.data.encoding import truncate_middle
 from ftkit.errors import RowError
 from ftkit.tasks.base import Example, Progress, Task, TaskOptions, batches, register, render
 

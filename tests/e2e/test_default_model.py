@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from ftkit.data import encode_examples, load_split
+from ftkit.data.sources import encode_examples, load_split
 from ftkit.recipe import load_recipe
 from ftkit.runs import RunDir
 from ftkit.tasks import get_task
-from ftkit.train import Collator, as_rows, train
+from ftkit.training.trainer import Collator, as_rows, train
 
 from ..conftest import REPO
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ftkit.encoding import IGNORE_INDEX, Encoded
+from ftkit.data.encoding import IGNORE_INDEX, Encoded
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:

@@ -12,8 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ftkit.data import DataError, EncodedSplit, LoadedSplit, Overlap, encode_examples, find_overlap, load_split
-from ftkit.encoding import IGNORE_INDEX
+from ftkit.data.sources import DataError, EncodedSplit, LoadedSplit, Overlap, encode_examples, find_overlap, load_split
+from ftkit.data.encoding import IGNORE_INDEX
 from ftkit.errors import FtkitError
 from ftkit.models import load_tokenizer, resolve_source
 from ftkit.recipe import Recipe

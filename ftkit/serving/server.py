@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ftkit import deploy
+from ftkit.serving import runtime as deploy
 from ftkit.errors import FtkitError
 
 log = logging.getLogger(__name__)

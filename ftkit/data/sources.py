@@ -24,7 +24,7 @@ from typing import Any
 
 from ftkit.recipe import HUB_PREFIX, DataConfig, Recipe, SplitConfig
 from ftkit.tasks import Task
-from ftkit.encoding import Encoded
+from ftkit.data.encoding import Encoded
 from ftkit.errors import FtkitError, RowError
 from ftkit.tasks.base import Example
 

@@ -28,9 +28,10 @@ from typing import Any, Literal
 
 import torch
 
-from ftkit import adapters, lineage
+from ftkit import lineage
+from ftkit.training import adapters
 from ftkit.errors import FtkitError
-from ftkit.inference import generate_greedy
+from ftkit.evaluation.inference import generate_greedy
 from ftkit.models import LoadedModel, compute_dtype, load_model, load_tokenizer, resolve_source
 from ftkit.recipe import ModelConfig
 from ftkit.runs import RunDir, staged_dir, write_json, write_manifest
@@ -141,7 +142,7 @@ def probes(adapter_dir: Path, tokenizer: Any, count: int) -> Probe:
     """Prompts from the run's held-out split when the adapter sits in a run dir, else fixed ones."""
     recipe_file = adapter_dir.parent / "recipe.yaml"
     if recipe_file.is_file():
-        from ftkit.data import load_split
+        from ftkit.data.sources import load_split
         from ftkit.recipe import load_recipe
         from ftkit.tasks import get_task
 

@@ -13,8 +13,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ftkit import adapters, distributed, evaluation, lineage, runs
-from ftkit.data import load_split
+from ftkit import lineage, runs
+from ftkit.training import adapters
+from ftkit.training import distributed
+from ftkit.evaluation import evaluator as evaluation
+from ftkit.data.sources import load_split
 from ftkit.errors import FtkitError
 from ftkit.models import load_model
 from ftkit.recipe import Recipe, load_recipe
@@ -63,7 +66,7 @@ def _train_beside_main(recipe: Recipe, resume: bool) -> int:
     It writes nothing (the Trainer, the log and the adapter write from the main process only) and does
     not evaluate: evaluation is not data-parallel, the main process does it alone after training.
     """
-    from ftkit.train import train
+    from ftkit.training.trainer import train
 
     if distributed.wait_for_main():
         train(recipe, runs.RunDir(recipe.run_dir), resume=resume)
@@ -76,8 +79,8 @@ def train_and_evaluate(recipe_path: Path, overrides: list[str], *, overwrite: bo
     Only the main process locks the run, checks it, (re)creates the run directory and writes into it; the
     lock is per process, so the others must not take it. They wait in `distributed.wait_for_main`.
     """
-    from ftkit.preflight import check_recipe
-    from ftkit.train import train
+    from ftkit.data.preflight import check_recipe
+    from ftkit.training.trainer import train
 
     recipe = load_recipe(recipe_path, overrides)
     processes = distributed.start()
@@ -195,7 +198,7 @@ def _label(folder: Path, taken: dict[str, str]) -> str:
 
 def inspect_data(recipe_path: Path, overrides: list[str]) -> int:
     """`ftkit data`: the pre-flight report; exit 2 when training would refuse to start."""
-    from ftkit.preflight import check_recipe, render_report
+    from ftkit.data.preflight import check_recipe, render_report
 
     recipe = load_recipe(recipe_path, overrides)
     result = check_recipe(recipe)

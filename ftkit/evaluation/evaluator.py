@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ftkit import plots, runs
+from ftkit import runs
+from ftkit.evaluation import plots
 from ftkit.recipe import EvalConfig
-from ftkit.stats import Interval, bootstrap_ci, mcnemar, paired_bootstrap
+from ftkit.evaluation.stats import Interval, bootstrap_ci, mcnemar, paired_bootstrap
 from ftkit.tasks import Example, Task
 
 BASE = "base"

@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ftkit import deploy
+from ftkit.serving import runtime as deploy
 from ftkit.errors import FtkitError
 
 HELP = """commands: /system TEXT  set the system prompt (empty TEXT removes it)

@@ -139,7 +139,7 @@ def load(targets: Sequence[Target], base: ModelConfig) -> Deployment:
     Passing the tokenizer to `adapters.load` is what reports (on stderr and in the server log) a
     chat template other than the one the adapter was trained with.
     """
-    from ftkit import adapters
+    from ftkit.training import adapters
     from ftkit.models import load_model
 
     loaded = load_model(base)

@@ -10,7 +10,7 @@ local file path and never touches the network: it copies the script and its
 Score scales: accuracy, macro_f1, squad (exact_match, f1) and rouge_l are in
 0..1; chrf is 0..100 (sacrebleu's scale); perplexity is >= 1.
 
-``per_example`` gives per-example scores so :mod:`ftkit.stats` can bootstrap
+``per_example`` gives per-example scores so :mod:`ftkit.evaluation.stats` can bootstrap
 over examples. The submodules are imported lazily because importing
 ``evaluate`` costs several seconds (it pulls in transformers).
 """
@@ -99,7 +99,7 @@ def per_example(
     Means of ``accuracy`` (0/1), ``squad_exact_match``, ``squad_f1`` and
     ``rouge_l`` equal the corpus metric. ``chrf`` is sentence-level chrF, whose
     mean differs from corpus chrF; to bootstrap corpus chrF, resample examples
-    with :func:`ftkit.metrics.chrf.corpus_score` as the statistic instead.
+    with :func:`ftkit.evaluation.metrics.chrf.corpus_score` as the statistic instead.
     ``kwargs`` go to the scorer (e.g. ``word_order=2`` for chrF++).
     """
     if name not in _PER_EXAMPLE:

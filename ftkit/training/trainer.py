@@ -21,13 +21,15 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from ftkit import adapters, distributed, lineage
+from ftkit import lineage
+from ftkit.training import adapters
+from ftkit.training import distributed
 from ftkit.errors import FtkitError
 from ftkit.models import LoadedModel, compute_dtype, load_model
-from ftkit.preflight import Preflight, check_recipe
+from ftkit.data.preflight import Preflight, check_recipe
 from ftkit.recipe import Recipe
 from ftkit.runs import RunDir, append_jsonl, staged_dir, write_json, write_manifest
-from ftkit.encoding import IGNORE_INDEX, Encoded
+from ftkit.data.encoding import IGNORE_INDEX, Encoded
 
 
 class TrainingError(FtkitError):

@@ -2,7 +2,7 @@
 
 - `adapter`: the peft adapter (loadable by `PeftModel.from_pretrained` without ftkit) with its
   recipe, held-out metrics and a README model card.
-- `safetensors`: the merged model (`ftkit.merge`, verified against the adapter).
+- `safetensors`: the merged model (`ftkit.export.merge`, verified against the adapter).
 - `gguf`: the merged model written with the `gguf` package's writer (no llama.cpp build needed),
   then loaded back through transformers' `gguf_file=` and compared with the merged model: logits
   on held-out prompts and the tokenizer's ids. Llama-architecture models only (`model_type`
@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from ftkit import lineage, merge
+from ftkit import lineage
+from ftkit.export import merge
 from ftkit.errors import FtkitError
 from ftkit.runs import MANIFEST, adapter_name, write_json, write_manifest, write_text
 

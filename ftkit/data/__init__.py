@@ -1,0 +1,1 @@
+"""Reading data into task examples: sources and formats, splits, overlap, tokenising, the pre-flight report."""

@@ -1,0 +1,1 @@
+"""Held-out evaluation: predicting, metrics, statistics, reports, plots and `ftkit compare`."""

@@ -1,0 +1,1 @@
+"""Shipping an adapter: merging, verification, the adapter package, GGUF and Ollama."""
