@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python bench/eval_speed.py` finds bench/common.py
 
 from common import SENTIMENT_RECIPE, machine, write_results  # noqa: E402
-from ftkit.data.sources import load_split
+from ftkit.data.splits import load_split
 from ftkit.evaluation.evaluator import predict_system
 from ftkit.models import load_model
 from ftkit.recipe import load_recipe

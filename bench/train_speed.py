@@ -159,7 +159,8 @@ def heldout_loss(model: Any, recipe: Any, autocast: bool) -> float:
     """Mean completion loss on the sentiment validation split after training: one function, the same 80
     examples and tokens for both sides, so it compares what was learnt, not which batches came last.
     Each side runs in its own training numerics (TRL under bf16 autocast)."""
-    from ftkit.data.sources import encode_examples, load_split
+    from ftkit.data.prepared import encode_examples
+    from ftkit.data.splits import load_split
     from ftkit.models import load_tokenizer, resolve_source
     from ftkit.tasks import get_task
     from ftkit.training.trainer import Collator
@@ -185,7 +186,7 @@ def heldout_loss(model: Any, recipe: Any, autocast: bool) -> float:
 def run_ftkit(mode: str, steps: int, out: Path, variant: str) -> dict[str, Any]:
     """The product path of `ftkit train --no-eval`: pre-flight (tokenise once), load, train, save."""
     from ftkit import runs
-    from ftkit.data.preflight import check_recipe
+    from ftkit.data.prepared import prepare
     from ftkit.training.trainer import train
 
     import ftkit.training.trainer
@@ -197,12 +198,13 @@ def run_ftkit(mode: str, steps: int, out: Path, variant: str) -> dict[str, Any]:
     if variant == "ftkit-nosplit":
         ftkit.training.trainer.batch_token_budget = lambda rows, batch_size: None
     recipe = bench_recipe(mode, steps, out, VARIANTS.get(variant, []))
-    checks = check_recipe(recipe)
-    checks.raise_if_fatal()
-    run = runs.prepare(recipe.run_dir, overwrite=True, resume=False)
+    prepared = prepare(recipe)
+    prepared.raise_if_fatal()
+    run = runs.RunDir(recipe.run_dir)
+    runs.prepare(run, overwrite=True, resume=False)
     timer = StepTimer()
-    result = train(recipe, run, checks=checks, callbacks=[timer])
-    rows = checks.encoded["train"].rows
+    result = train(recipe, run, prepared, callbacks=[timer])
+    rows = prepared.encoded["train"].rows
     return timer.summary() | {
         "heldout_loss": heldout_loss(result.model, recipe, autocast=False),
         "tokens_per_example": round(statistics.fmean(len(r.input_ids) for r in rows), 2),
@@ -229,7 +231,7 @@ def run_trl(mode: str, steps: int, out: Path, variant: str) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
     from ftkit.training.adapters import lora_config
-    from ftkit.data.sources import load_split
+    from ftkit.data.splits import load_split
     from ftkit.models import resolve_source
     from ftkit.tasks import get_task
 

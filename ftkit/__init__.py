@@ -1,3 +1,3 @@
 """ftkit: fine-tune a causal LM from one YAML recipe and prove the adapter is better."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

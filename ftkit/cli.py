@@ -1,4 +1,7 @@
-"""The `ftkit` command: one function per subcommand, no logic beyond arguments and messages.
+"""The `ftkit` command: no logic beyond arguments and messages.
+
+Each subcommand is a pair: `add_<command>` declares its arguments and help, `cmd_<command>` hands
+them to the module that does the work; `COMMANDS` lists them in the order `--help` shows.
 
 Any `FtkitError` (bad recipe, bad data, missing model, a run that exists) becomes one line on
 stderr and exit code 2; `--debug` shows the traceback instead.
@@ -13,11 +16,12 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
 
 from ftkit import __version__
 from ftkit.errors import FtkitError
 
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 EXIT_USAGE = 2
 DTYPE_CHOICES = ("bf16", "fp16", "fp32")  # ftkit.export.merge.DTYPES, without importing torch for --help
 
@@ -44,19 +48,10 @@ def _recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", type=Path, help="the recipe YAML file")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
 
+TARGET_HELP = "a run directory (runs/<name>), an adapter folder, or a model folder such as a merged export"
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ftkit",
-        description="Fine-tune a causal LM with LoRA/QLoRA from one YAML recipe, "
-        "and prove on a held-out split that the adapter beats the base model.",
-        epilog=MAIN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"ftkit {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+def add_validate(commands: Commands) -> None:
     validate = commands.add_parser(
         "validate",
         help="check a recipe without loading a model",
@@ -68,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--print", action="store_true", help="print the fully resolved recipe (YAML)")
     validate.set_defaults(run=cmd_validate)
 
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ftkit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.print:
+        print(recipe.to_yaml(), end="")
+    print(f"{args.recipe}: ok (task {recipe.task.name}, model {recipe.model.source}, {recipe.model.quantization}, "
+          f"run dir {recipe.run_dir})")
+    return 0
+
+
+def add_train(commands: Commands) -> None:
     train = commands.add_parser(
         "train",
         help="fine-tune an adapter, then evaluate base vs adapter on the held-out split",
@@ -93,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "(CPU, gloo) or accelerate launch (CUDA GPUs, one process per GPU); only the main process writes")
     train.set_defaults(run=cmd_train)
 
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ftkit.training.workflow import train_and_evaluate, train_in_processes
+
+    if args.nproc is not None and args.nproc != 1:
+        # The launcher's processes run this same command without --nproc.
+        child = ["--debug"] * args.debug + ["train", str(args.recipe), *args.overrides]
+        child += [flag for flag, on in (("--overwrite", args.overwrite), ("--resume", args.resume), ("--no-eval", args.no_eval)) if on]
+        return train_in_processes(args.nproc, args.recipe, args.overrides, child, overwrite=args.overwrite, resume=args.resume)
+    return train_and_evaluate(args.recipe, args.overrides, overwrite=args.overwrite, resume=args.resume, evaluate=not args.no_eval)
+
+
+def add_data(commands: Commands) -> None:
     data = commands.add_parser(
         "data",
         help="inspect the data before training: splits, lengths, truncation, masking, overlap, memory",
@@ -109,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(data)
     data.set_defaults(run=cmd_data)
 
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from ftkit.data.preflight import inspect_data
+
+    return inspect_data(args.recipe, args.overrides)
+
+
+def add_eval(commands: Commands) -> None:
     evaluate = commands.add_parser(
         "eval",
         help="evaluate the base model and adapters on a held-out split",
@@ -129,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, help="where to write reports (default: <run dir>/eval)")
     evaluate.set_defaults(run=cmd_eval)
 
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ftkit.evaluation.workflow import evaluate_adapters
+
+    return evaluate_adapters(args.recipe, args.overrides, adapters=args.adapter, split=args.split, data=args.data, out=args.out)
+
+
+def add_compare(commands: Commands) -> None:
     compare = commands.add_parser(
         "compare",
         help="compare finished runs side by side (metrics with CIs, significance, training cost)",
@@ -151,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.set_defaults(run=cmd_compare)
 
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ftkit.evaluation.compare import compare_runs
+
+    print(compare_runs(args.run_dirs))
+    return 0
+
+
+def add_merge(commands: Commands) -> None:
     merge = commands.add_parser(
         "merge",
         help="merge an adapter into its base model (verified), or combine adapters into one",
@@ -184,6 +230,24 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     merge.set_defaults(run=cmd_merge)
 
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from ftkit.export import merge
+
+    if args.adapters:
+        if args.target:
+            raise FtkitError("give either RUN_DIR|ADAPTER_DIR (merge) or --adapters (combine), not both")
+        out = merge.combine(args.adapters, args.weights or [], args.method, args.out, density=args.density, overwrite=args.overwrite)
+        print(f"combined {len(args.adapters)} adapters ({args.method}) -> {out}; evaluate it with: ftkit eval RECIPE --adapter {out}")
+        return 0
+    if args.target is None:
+        raise FtkitError("ftkit merge: give RUN_DIR|ADAPTER_DIR to merge, or --adapters A B --weights ... to combine")
+    result = merge.merge(args.target, args.out, dtype=args.dtype, base_policy=args.base, count=args.probes, overwrite=args.overwrite)
+    print(merge.render(result))
+    return 0
+
+
+def add_export(commands: Commands) -> None:
     export = commands.add_parser(
         "export",
         help="package a trained adapter for deployment: adapter, merged safetensors, GGUF, Ollama",
@@ -209,14 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weights dtype: bf16|fp16|fp32 for safetensors (default bf16), f16|f32 for gguf/ollama (default f16)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     export.set_defaults(run=cmd_export)
-    _chat_and_serve(commands)
-    return parser
 
 
-TARGET_HELP = "a run directory (runs/<name>), an adapter folder, or a model folder such as a merged export"
+def cmd_export(args: argparse.Namespace) -> int:
+    from ftkit.export.formats import export
+
+    print(export(args.target, args.format, args.out, dtype=args.dtype, overwrite=args.overwrite))
+    return 0
 
 
-def _chat_and_serve(commands: Any) -> None:
+def add_chat(commands: Commands) -> None:
     chat = commands.add_parser(
         "chat",
         help="talk to an adapter (or a model folder) in the terminal",
@@ -239,6 +305,15 @@ def _chat_and_serve(commands: Any) -> None:
     chat.add_argument("--quantization", choices=["none", "4bit", "8bit"], help="load the base this way (default: as trained)")
     chat.set_defaults(run=cmd_chat)
 
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from ftkit.serving.chat import run_chat
+
+    return run_chat(args.target, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                    quantization=args.quantization)
+
+
+def add_serve(commands: Commands) -> None:
     serve = commands.add_parser(
         "serve",
         help="serve the base model and adapters over an OpenAI-compatible HTTP API",
@@ -274,82 +349,30 @@ def _chat_and_serve(commands: Any) -> None:
     serve.set_defaults(run=cmd_serve)
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    from ftkit.recipe import load_recipe
-
-    recipe = load_recipe(args.recipe, args.overrides)
-    if args.print:
-        print(recipe.to_yaml(), end="")
-    print(f"{args.recipe}: ok (task {recipe.task.name}, model {recipe.model.source}, {recipe.model.quantization}, "
-          f"run dir {recipe.run_dir})")
-    return 0
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from ftkit.training.workflow import train_and_evaluate, train_in_processes
-
-    if args.nproc is not None and args.nproc != 1:
-        # The launcher's processes run this same command without --nproc.
-        child = ["--debug"] * args.debug + ["train", str(args.recipe), *args.overrides]
-        child += [flag for flag, on in (("--overwrite", args.overwrite), ("--resume", args.resume), ("--no-eval", args.no_eval)) if on]
-        return train_in_processes(args.nproc, args.recipe, args.overrides, child, overwrite=args.overwrite, resume=args.resume)
-    return train_and_evaluate(args.recipe, args.overrides, overwrite=args.overwrite, resume=args.resume, evaluate=not args.no_eval)
-
-
-def cmd_data(args: argparse.Namespace) -> int:
-    from ftkit.training.workflow import inspect_data
-
-    return inspect_data(args.recipe, args.overrides)
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from ftkit.training.workflow import evaluate_adapters
-
-    return evaluate_adapters(args.recipe, args.overrides, adapters=args.adapter, split=args.split, data=args.data, out=args.out)
-
-
-def cmd_merge(args: argparse.Namespace) -> int:
-    from ftkit.export import merge
-
-    if args.adapters:
-        if args.target:
-            raise FtkitError("give either RUN_DIR|ADAPTER_DIR (merge) or --adapters (combine), not both")
-        out = merge.combine(args.adapters, args.weights or [], args.method, args.out, density=args.density, overwrite=args.overwrite)
-        print(f"combined {len(args.adapters)} adapters ({args.method}) -> {out}; evaluate it with: ftkit eval RECIPE --adapter {out}")
-        return 0
-    if args.target is None:
-        raise FtkitError("ftkit merge: give RUN_DIR|ADAPTER_DIR to merge, or --adapters A B --weights ... to combine")
-    result = merge.merge(args.target, args.out, dtype=args.dtype, base_policy=args.base, count=args.probes, overwrite=args.overwrite)
-    print(merge.render(result))
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from ftkit.export.formats import export
-
-    print(export(args.target, args.format, args.out, dtype=args.dtype, overwrite=args.overwrite))
-    return 0
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    from ftkit.evaluation.compare import compare_runs
-
-    print(compare_runs(args.run_dirs))
-    return 0
-
-
-def cmd_chat(args: argparse.Namespace) -> int:
-    from ftkit.serving.chat import run_chat
-
-    return run_chat(args.target, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                    quantization=args.quantization)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from ftkit.serving.server import serve
 
     return serve(args.targets, host=args.host, port=args.port, api_key_env=args.api_key_env,
                  max_new_tokens_limit=args.max_new_tokens_limit, quantization=args.quantization)
+
+
+COMMANDS: tuple[Callable[[Commands], None], ...] = (add_validate, add_train, add_data, add_eval, add_compare, add_merge, add_export, add_chat, add_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ftkit",
+        description="Fine-tune a causal LM with LoRA/QLoRA from one YAML recipe, "
+        "and prove on a held-out split that the adapter beats the base model.",
+        epilog=MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ftkit {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(commands)
+    return parser
 
 
 def _quiet_libraries() -> None:

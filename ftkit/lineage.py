@@ -20,7 +20,7 @@ from typing import Any
 
 from ftkit.errors import FtkitError
 from ftkit.recipe import ModelConfig, Recipe
-from ftkit.runs import MANIFEST, sha256_file, write_json
+from ftkit.runs import ADAPTER_CONFIG, MANIFEST, RunDir, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,10 @@ def base_config(adapter_dir: Path) -> ModelConfig:
     lineage = read(adapter_dir)
     if "model" in lineage:
         return ModelConfig.model_validate(lineage["model"])
-    if (adapter_dir.parent / "recipe.yaml").is_file():
-        return recipe_model(adapter_dir.parent / "recipe.yaml")
-    config = adapter_dir / "adapter_config.json"
+    beside = RunDir(adapter_dir.parent).recipe
+    if beside.is_file():
+        return recipe_model(beside)
+    config = adapter_dir / ADAPTER_CONFIG
     source = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path") if config.is_file() else None
     if not source:
         raise LineageError(f"{adapter_dir}: no manifest lineage and no base_model_name_or_path; cannot tell its base model")

@@ -10,7 +10,11 @@ runs/<name>/
   metrics.json       held-out metrics, base vs adapter
   predictions.jsonl  per-example predictions
   report.md          human-readable summary
+  *.png              loss curves, metric bars, confusion matrices
+  eval/              `ftkit eval`'s reports (the same files as above), unless --out says otherwise
 ```
+Every file name of that layout is spelt here, in `RunDir`, and nowhere else; an evaluation's
+reports use the same names in whatever folder they are written to.
 Files are written to a temporary sibling and renamed into place, so a crash never leaves a
 half-written file or folder that looks complete.
 """
@@ -72,10 +76,47 @@ class RunDir:
     def report(self) -> Path:
         return self.path / "report.md"
 
+    @property
+    def metrics_plot(self) -> Path:
+        return self.path / "metrics.png"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.path / "loss_curves.png"
+
+    def confusion_plot(self, system: str) -> Path:
+        return self.path / f"confusion_{system}.png"
+
+    @property
+    def eval(self) -> RunDir:
+        """Where `ftkit eval` writes its reports by default."""
+        return RunDir(self.path / "eval")
+
     def last_checkpoint(self) -> Path | None:
         """The newest complete Trainer checkpoint (Trainer writes `trainer_state.json` last)."""
         done = [p for p in self.checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
         return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+ADAPTER_CONFIG = "adapter_config.json"  # peft's file: its presence makes a folder an adapter folder
+
+
+def is_adapter_folder(folder: Path) -> bool:
+    return (folder / ADAPTER_CONFIG).is_file()
+
+
+def run_of(adapter_dir: Path) -> RunDir | None:
+    """The run directory an adapter folder sits in (runs/<name>/adapter beside its recipe.yaml), if any."""
+    run = RunDir(adapter_dir.parent)
+    return run if adapter_dir.name == "adapter" and run.recipe.is_file() else None
+
+
+def adapter_folder(target: Path) -> Path:
+    """A run directory's adapter, or an adapter folder itself."""
+    for candidate in (RunDir(target).adapter, target):
+        if is_adapter_folder(candidate):
+            return candidate
+    raise RunError(f"{target}: not a run directory (no adapter/) nor an adapter folder (no {ADAPTER_CONFIG})")
 
 
 def adapter_name(folder: Path) -> str:
@@ -84,23 +125,23 @@ def adapter_name(folder: Path) -> str:
     return folder.parent.name if folder.name == "adapter" else folder.name
 
 
-def check_target(path: Path, *, overwrite: bool, resume: bool) -> None:
+def check_target(run: RunDir, *, overwrite: bool, resume: bool) -> None:
     """Refuse, without touching anything, a run directory that the command may not use."""
+    path = run.path
     if path.exists() and not path.is_dir():
         raise RunError(f"output.dir {path} is a file; choose a folder for the run")
-    if resume and RunDir(path).last_checkpoint() is None:
+    if resume and run.last_checkpoint() is None:
         raise RunError(f"{path}: no complete checkpoint to resume from; start without --resume")
     if not resume and not overwrite and path.exists() and any(path.iterdir()):
         raise RunError(f"{path} already exists; pass --overwrite to replace it or --resume to continue it")
 
 
-def prepare(path: Path, *, overwrite: bool, resume: bool) -> RunDir:
+def prepare(run: RunDir, *, overwrite: bool, resume: bool) -> None:
     """Create the run directory, replacing an earlier run only when asked (`--overwrite`)."""
-    check_target(path, overwrite=overwrite, resume=resume)
-    if not resume and path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return RunDir(path)
+    check_target(run, overwrite=overwrite, resume=resume)
+    if not resume and run.path.exists():
+        shutil.rmtree(run.path)
+    run.path.mkdir(parents=True, exist_ok=True)
 
 
 @contextmanager
@@ -154,6 +195,16 @@ def write_json(path: Path, value: Any) -> None:
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+@contextmanager
+def output_folder(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A staged folder that becomes `out` on success; an existing export is replaced only when asked."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise RunError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with staged_dir(out) as stage:
+        yield stage
 
 
 @contextmanager

@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ftkit.cli import main
-from ftkit.data.sources import DataError, encode_examples, load_split
+from ftkit.data.prepared import encode_examples
+from ftkit.data.sources import DataError
+from ftkit.data.splits import load_split
 from ftkit.recipe import RecipeError, load_recipe
 from ftkit.tasks import get_task
 

@@ -1,11 +1,12 @@
 """How an example becomes token ids and labels: the one place that decides what carries loss.
 
-Kept outside `ftkit.tasks` so that the inference primitives, the data layer and the trainer can
-use it without importing the task registry.
+Prompt/completion pairs and chat-template spans both live here, so the tasks, the inference
+primitives, the trainer and serving share one rendering without importing the task registry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,11 @@ class Encoded:
     @property
     def trained_tokens(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+    @property
+    def trained_ids(self) -> list[int]:
+        """The token ids that carry loss, in order."""
+        return [label for label in self.labels if label != IGNORE_INDEX]
 
 
 def encode_prompt_completion(tokenizer: Any, prompt: str, completion: str, max_length: int) -> Encoded:
@@ -56,3 +62,46 @@ def truncate_middle(ids: list[int], budget: int) -> list[int]:
         return ids
     head = budget // 2
     return ids[:head] + ids[len(ids) - (budget - head) :]
+
+
+def last_span_start(labels: list[int]) -> int:
+    """Where the last run of loss-carrying labels begins (the final answer of an example).
+
+    A prompt/completion example has one such run, its completion; a multi-turn conversation has one
+    per assistant turn, and a probe or a server asks for the last one.
+    """
+    end = max((i for i, label in enumerate(labels) if label != IGNORE_INDEX), default=-1)
+    start = end
+    while start > 0 and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return max(start, 0) if end >= 0 else len(labels)
+
+
+def render_ids(tokenizer: Any, messages: Sequence[Mapping[str, str]], *, generation_prompt: bool) -> list[int]:
+    """A conversation rendered by the tokenizer's own chat template, as token ids."""
+    ids = tokenizer.apply_chat_template(list(messages), tokenize=True, add_generation_prompt=generation_prompt)
+    return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
+
+
+def assistant_spans(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> tuple[list[int], list[tuple[int, int]]]:
+    """The rendered conversation and the [start, end) token span of every assistant turn.
+
+    The spans come from the template itself: the conversation up to turn i is rendered with the
+    generation prompt, then up to the end of turn i, and the tokens in between are that turn's
+    reply (with its end-of-turn token). No marker string is searched for, so a marker that
+    tokenises differently in context cannot break masking.
+    """
+    ids = render_ids(tokenizer, messages, generation_prompt=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = len(render_ids(tokenizer, messages[:i], generation_prompt=True))
+        upto = render_ids(tokenizer, messages[: i + 1], generation_prompt=False)
+        if ids[: len(upto)] != upto or len(upto) <= start:
+            raise RowError(
+                "the tokenizer's chat template does not render a conversation as a sequence of its turns, "
+                "so assistant turns cannot be located by token; use a model with a standard chat template"
+            )
+        spans.append((start, len(upto)))
+    return ids, spans

@@ -1,88 +1,28 @@
-"""Pre-flight checks: everything that can be known about a run before any weight is loaded.
+"""`ftkit data`: the pre-flight report on a recipe's prepared data, and a peak-memory estimate.
 
-`ftkit data RECIPE` prints them; `ftkit train` runs the same checks first and refuses to start on
-the fatal ones (held-out rows that duplicate training rows, examples with no trained token, an
-EOS that carries no loss). Silent truncation, fully masked examples and missing EOS are among the
-most reported problems with other toolkits; here they are counted and shown before training.
+Everything here is known before any weight is loaded: rows per split and skipped bad rows, label
+balance, token lengths, truncation, trained tokens and EOS, train/held-out overlap, two examples
+with their loss-carrying part marked, and the findings that would make `ftkit train` refuse.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ftkit.data.sources import DataError, EncodedSplit, LoadedSplit, Overlap, encode_examples, find_overlap, load_split
-from ftkit.data.encoding import IGNORE_INDEX
-from ftkit.errors import FtkitError
-from ftkit.models import load_tokenizer, resolve_source
-from ftkit.recipe import Recipe
-from ftkit.tasks import Task, get_task
-
-HELD_OUT = ("validation", "test")
+from ftkit.data.encoding import IGNORE_INDEX, Encoded
+from ftkit.data.prepared import PreparedData, prepare
+from ftkit.recipe import Recipe, load_recipe
 
 
-class PreflightError(FtkitError):
-    """A fatal pre-flight finding: training would produce numbers that mean nothing."""
-
-
-@dataclass
-class Preflight:
-    task: Task  # with settings learnt from the training split (e.g. inferred labels)
-    tokenizer: Any  # the base model's tokenizer, which encoded the splits
-    source: str  # the resolved model folder or hub id
-    splits: dict[str, LoadedSplit]
-    encoded: dict[str, EncodedSplit]
-    overlaps: list[Overlap]
-    fatal: list[str] = field(default_factory=list)
-
-    def raise_if_fatal(self) -> None:
-        if self.fatal:
-            raise PreflightError("\n".join(self.fatal))
-
-
-def check_recipe(recipe: Recipe) -> Preflight:
-    """The recipe's task and tokenizer (no model weights), then every check below."""
-    source = resolve_source(recipe.model.source)
-    task = get_task(recipe.task, recipe.data.max_length)
-    return run_checks(recipe, task, load_tokenizer(source, recipe.model), source)
-
-
-def run_checks(recipe: Recipe, task: Task, tokenizer: Any, source: str) -> Preflight:
-    """Load and tokenise every split, find train/held-out overlap, and collect fatal findings."""
-    splits = {"train": load_split(recipe, task, "train")}
-    task.observe(splits["train"].examples)
-    for name in HELD_OUT:
-        if recipe.data.has_split(name):
-            splits[name] = load_split(recipe, task, name)
-    encoded = {}
-    for name, split in splits.items():
-        encoded[name] = encode_examples(task, tokenizer, split.examples, skip_bad=recipe.data.bad_rows == "skip")
-        split.examples, split.skipped = encoded[name].examples, split.skipped + encoded[name].skipped
-        if not split.examples:
-            raise DataError(f"{split.source}: no usable rows in split '{name}' (all {len(split.skipped)} skipped)")
-    overlaps = [
-        find_overlap(splits["train"].examples, splits[name].examples, name, recipe.data.near_duplicate_jaccard)
-        for name in HELD_OUT
-        if name in splits
-    ]
-    result = Preflight(task, tokenizer, source, splits, encoded, overlaps)
-    for overlap in overlaps:
-        if overlap.exact and not recipe.data.allow_overlap:
-            held, seen = overlap.exact[0]
-            result.fatal.append(
-                f"{len(overlap.exact)} {overlap.split} example(s) duplicate training examples (e.g. {held.where} = {seen.where}); "
-                "remove them, or set data.allow_overlap: true to accept inflated held-out numbers"
-            )
-    missing_eos = [e for e, r in zip(splits["train"].examples, encoded["train"].rows) if tokenizer.eos_token_id not in _trained(r)]
-    if missing_eos:
-        result.fatal.append(f"{len(missing_eos)} training example(s) have no EOS that carries loss (e.g. {missing_eos[0].where}); "
-                            "the model would never learn to stop")
-    return result
-
-
-def _trained(encoded: Any) -> list[int]:
-    return [label for label in encoded.labels if label != IGNORE_INDEX]
+def inspect_data(recipe_path: Path, overrides: list[str]) -> int:
+    """`ftkit data`: the pre-flight report; exit 2 (through the error) when training would refuse to start."""
+    recipe = load_recipe(recipe_path, overrides)
+    prepared = prepare(recipe)
+    print(render_report(recipe, prepared))
+    prepared.raise_if_fatal()
+    return 0
 
 
 def _percentiles(lengths: list[int]) -> str:
@@ -94,7 +34,7 @@ def _percentiles(lengths: list[int]) -> str:
     return f"p50 {at(0.5)}, p90 {at(0.9)}, p99 {at(0.99)}, max {ordered[-1]}"
 
 
-def render_example(tokenizer: Any, encoded: Any) -> str:
+def render_example(tokenizer: Any, encoded: Encoded) -> str:
     """The example's text with its loss-carrying part marked «like this»; the rest carries no loss."""
     out, trained = [], False
     for token, label in zip(encoded.input_ids, encoded.labels):
@@ -106,7 +46,7 @@ def render_example(tokenizer: Any, encoded: Any) -> str:
     return "".join(out) + ("»" if trained else "")
 
 
-def render_report(recipe: Recipe, result: Preflight) -> str:
+def render_report(recipe: Recipe, result: PreparedData) -> str:
     task, tokenizer = result.task, result.tokenizer
     lines = [f"task {task.name}, max_length {recipe.data.max_length} tokens"]
     lines.append(f"{'split':<11}{'rows':>7}{'skipped':>9}  source")
@@ -122,7 +62,7 @@ def render_report(recipe: Recipe, result: Preflight) -> str:
         lines.append(f"label balance (train): {len(labels)} labels; fewest {rare} {low} rows, most {common} {high} rows")
     for name, enc in result.encoded.items():
         lengths = [len(r.input_ids) for r in enc.rows]
-        eos = sum(tokenizer.eos_token_id in _trained(r) for r in enc.rows)
+        eos = sum(tokenizer.eos_token_id in r.trained_ids for r in enc.rows)
         lines.append(
             f"{name}: tokens/example {_percentiles(lengths)}; truncated {enc.truncated} of {len(enc.rows)}; trained tokens {enc.trained_tokens} of {enc.tokens} "
             f"({100 * enc.trained_tokens / max(1, enc.tokens):.1f}%); EOS carries loss in {eos} of {len(enc.rows)}"

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from ftkit.errors import FtkitError
+from ftkit.runs import RunDir
 
 SCHEMA = "ftkit.metrics/1"
 BASE = "base"
@@ -57,11 +58,11 @@ class Run:
 
 def _first_step(run_dir: Path) -> str:
     """What to run so that RUN_DIR gets a metrics.json."""
-    recipe = run_dir / "recipe.yaml"
-    if (run_dir / "adapter").is_dir():
-        source = str(recipe) if recipe.is_file() else "RECIPE"
+    run = RunDir(run_dir)
+    if run.adapter.is_dir():
+        source = str(run.recipe) if run.recipe.is_file() else "RECIPE"
         return (
-            f"run `ftkit eval {source} --adapter {run_dir / 'adapter'} --out {run_dir / 'eval'}` first "
+            f"run `ftkit eval {source} --adapter {run.adapter} --out {run.eval.path}` first "
             "(it was trained without evaluation)"
         )
     return "run `ftkit train RECIPE` (or `ftkit eval RECIPE --adapter DIR`) first"
@@ -86,7 +87,7 @@ def _metrics_file(path: Path) -> Path:
         return path
     if not path.is_dir():
         raise _missing_dir(path)
-    for candidate in (path / "metrics.json", path / "eval" / "metrics.json"):
+    for candidate in (RunDir(path).metrics, RunDir(path).eval.metrics):
         if candidate.is_file():
             return candidate
     raise CompareError(f"{path}: no metrics.json; {_first_step(path)}")
@@ -124,7 +125,7 @@ def _check_metrics(path: Path, data: Any) -> dict[str, Any]:
 
 def _recipe(metrics_path: Path) -> dict[str, Any]:
     """The run's resolved recipe: beside metrics.json, or one level up for RUN_DIR/eval/metrics.json."""
-    for candidate in (metrics_path.parent / "recipe.yaml", metrics_path.parent.parent / "recipe.yaml"):
+    for candidate in (RunDir(metrics_path.parent).recipe, RunDir(metrics_path.parent.parent).recipe):
         if candidate.is_file():
             try:
                 data = yaml.safe_load(candidate.read_text(encoding="utf-8"))

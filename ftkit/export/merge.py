@@ -20,21 +20,19 @@ gap to the adapter on the base it was trained on (4-bit/8-bit: that is the quant
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from ftkit import lineage
-from ftkit.training import adapters
+from ftkit import lineage, runs
 from ftkit.errors import FtkitError
-from ftkit.evaluation.inference import generate_greedy
+from ftkit.export.verify import Agreement, Outputs, compare, describe, outputs_of, probes, require
 from ftkit.models import LoadedModel, compute_dtype, load_model, load_tokenizer, resolve_source
 from ftkit.recipe import ModelConfig
-from ftkit.runs import RunDir, staged_dir, write_json, write_manifest
+from ftkit.runs import write_json, write_manifest
+from ftkit.training import adapters
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +41,11 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # base: fp32 arithmetic in a different order; bf16/fp16 storage of the merged weights.
 TOLERANCE = {"fp32": 1e-3, "bf16": 1.0, "fp16": 0.25}
 VERIFICATION = "merge_verification.json"
-FALLBACK_PROMPTS = (
-    "Write one sentence about the sea.",
-    "What is the capital of France?",
-    "List three colours.",
-    "Explain what a fine-tuned model is in one sentence.",
-)
 BasePolicy = Literal["dequantized", "original"]
 
 
 class MergeError(FtkitError):
     """A merge that would be wrong, or whose result does not match the adapter."""
-
-
-def adapter_folder(target: Path) -> Path:
-    """A run directory's adapter, or an adapter folder itself."""
-    for candidate in (RunDir(target).adapter, target):
-        if (candidate / "adapter_config.json").is_file():
-            return candidate
-    raise MergeError(f"{target}: not a run directory (no adapter/) nor an adapter folder (no adapter_config.json)")
 
 
 def refuse_quantized(model: Any) -> None:
@@ -131,90 +115,6 @@ def full_precision_base(cfg: ModelConfig, quantized: Any | None) -> tuple[Loaded
 
 
 @dataclass
-class Probe:
-    """Held-out token sequences: full (prompt + reference answer) for logits, prompt for generation."""
-
-    full: list[list[int]]
-    prompts: list[list[int]]
-
-
-def probes(adapter_dir: Path, tokenizer: Any, count: int) -> Probe:
-    """Prompts from the run's held-out split when the adapter sits in a run dir, else fixed ones."""
-    recipe_file = adapter_dir.parent / "recipe.yaml"
-    if recipe_file.is_file():
-        from ftkit.data.sources import load_split
-        from ftkit.recipe import load_recipe
-        from ftkit.tasks import get_task
-
-        recipe = load_recipe(recipe_file)
-        task = get_task(recipe.task, recipe.data.max_length)
-        if task.needs_training_data():
-            task.observe(load_split(recipe, task, "train").examples)
-        examples = load_split(recipe, task, recipe.eval.split).examples[:count]
-        encoded = [task.encode(example, tokenizer) for example in examples]
-        prompts = [e.input_ids[: len(e.input_ids) - e.trained_tokens] for e in encoded]
-        return Probe(full=[e.input_ids for e in encoded], prompts=prompts)
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             for p in FALLBACK_PROMPTS[:count]]
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-    return Probe(full=ids, prompts=ids)
-
-
-@torch.no_grad()
-def logits_of(model: Any, sequences: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-    model.eval()
-    return [model(torch.tensor([list(seq)])).logits[0].float() for seq in sequences]
-
-
-@dataclass
-class Agreement:
-    """How far two models' outputs are apart on the same probes."""
-
-    max_abs_logit_diff: float
-    mean_abs_logit_diff: float
-    next_token_agreement: float  # share of positions with the same argmax
-    generations_equal: int
-    generations: int
-
-
-def agreement(a: list[torch.Tensor], b: list[torch.Tensor], gens_a: list[str], gens_b: list[str]) -> Agreement:
-    diffs = [(x - y).abs() for x, y in zip(a, b)]
-    same = sum(int((x.argmax(-1) == y.argmax(-1)).sum()) for x, y in zip(a, b))
-    positions = sum(x.shape[0] for x in a)
-    return Agreement(
-        max_abs_logit_diff=float(max(d.max() for d in diffs)),
-        mean_abs_logit_diff=float(torch.cat([d.flatten() for d in diffs]).mean()),
-        next_token_agreement=same / positions,
-        generations_equal=sum(x == y for x, y in zip(gens_a, gens_b)),
-        generations=len(gens_a),
-    )
-
-
-@dataclass
-class Outputs:
-    logits: list[torch.Tensor]
-    generations: list[str]
-
-
-def outputs_of(model: Any, tokenizer: Any, probe: Probe, max_new_tokens: int) -> Outputs:
-    return Outputs(logits_of(model, probe.full), generate_greedy(model, tokenizer, probe.prompts, max_new_tokens))
-
-
-def compare(a: Outputs, b: Outputs) -> Agreement:
-    return agreement(a.logits, b.logits, a.generations, b.generations)
-
-
-@contextmanager
-def output_folder(out: Path, overwrite: bool) -> Iterator[Path]:
-    """A staged folder that becomes `out` on success; an existing export is replaced only when asked."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise MergeError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with staged_dir(out) as stage:
-        yield stage
-
-
-@dataclass
 class MergeResult:
     out: Path
     adapter: str
@@ -236,7 +136,7 @@ class MergeResult:
 def merge(target: Path, out: Path, *, dtype: str = "bf16", base_policy: BasePolicy = "dequantized",
           count: int = 8, max_new_tokens: int = 16, overwrite: bool = False) -> MergeResult:
     """Merge the adapter at `target` into a full-precision base, save it, and verify it (see module doc)."""
-    adapter_dir = adapter_folder(target)
+    adapter_dir = runs.adapter_folder(target)
     adapters.check(adapter_dir)
     cfg = lineage.base_config(adapter_dir)
     tokenizer = adapter_tokenizer(adapter_dir, cfg)
@@ -245,7 +145,7 @@ def merge(target: Path, out: Path, *, dtype: str = "bf16", base_policy: BasePoli
     def run(model: Any) -> Outputs:
         return outputs_of(model, tokenizer, probe, max_new_tokens)
 
-    with output_folder(out, overwrite) as stage:
+    with runs.output_folder(out, overwrite) as stage:
         quantized = load_model(cfg).model if cfg.quantization != "none" else None  # the base as trained
         base, replaced = full_precision_base(cfg, quantized if base_policy == "dequantized" else None)
         trained = run(adapters.load(quantized, adapter_dir, tokenizer=tokenizer)) if quantized is not None else None
@@ -278,12 +178,6 @@ def adapter_tokenizer(adapter_dir: Path, cfg: ModelConfig) -> Any:
     return load_tokenizer(resolve_source(cfg.source), cfg)
 
 
-def require(agreement: Agreement, tolerance: float, what: str) -> None:
-    if agreement.max_abs_logit_diff > tolerance:
-        raise MergeError(f"{what}'s logits differ from the adapter's by {agreement.max_abs_logit_diff:.3g} "
-                         f"(> {tolerance:g}); nothing was written")
-
-
 def save_and_reload(model: Any, tokenizer: Any, folder: Path) -> Any:
     """Save as safetensors with the tokenizer, then load back with plain transformers (fp32) to check what was written."""
     from transformers import AutoModelForCausalLM
@@ -300,18 +194,13 @@ def render(result: MergeResult) -> str:
         + (f", {result.dequantized_weights} weights = dequant(quant(W)) as in {result.trained_quantization} training" if result.dequantized_weights else "")
         + f"), saved as {result.dtype} safetensors: {result.out}",
         f"verified on {result.probes} held-out prompts:",
-        _line("merge exactness (merged fp32 vs adapter, same base)", result.merge_exactness),
-        _line(f"saved {result.dtype} folder (plain transformers) vs adapter", result.saved),
+        describe("merge exactness (merged fp32 vs adapter, same base)", result.merge_exactness),
+        describe(f"saved {result.dtype} folder (plain transformers) vs adapter", result.saved),
     ]
     if result.quantization_gap:
-        lines.append(_line(f"vs the adapter on its {result.trained_quantization} training base", result.quantization_gap))
+        lines.append(describe(f"vs the adapter on its {result.trained_quantization} training base", result.quantization_gap))
     lines.append(f"verification: {result.out / VERIFICATION}")
     return "\n".join(lines)
-
-
-def _line(label: str, a: Agreement) -> str:
-    return (f"  {label}: max |Δlogit| {a.max_abs_logit_diff:.3g}, mean {a.mean_abs_logit_diff:.3g}, "
-            f"next-token agreement {a.next_token_agreement:.1%}, greedy generations equal {a.generations_equal}/{a.generations}")
 
 
 def combine(folders: list[Path], weights: list[float], method: str, out: Path, *, density: float = 0.5,
@@ -323,7 +212,7 @@ def combine(folders: list[Path], weights: list[float], method: str, out: Path, *
     """
     if len(folders) < 2 or len(folders) != len(weights):
         raise MergeError(f"--adapters and --weights: need two or more adapters and one weight each (got {len(folders)} and {len(weights)})")
-    dirs = [adapter_folder(folder) for folder in folders]
+    dirs = [runs.adapter_folder(folder) for folder in folders]
     cfg = lineage.base_config(dirs[0])
     loaded = load_model(cfg.model_copy(update={"quantization": "none", "compute_dtype": "float32"}))
     model = loaded.model
@@ -335,7 +224,7 @@ def combine(folders: list[Path], weights: list[float], method: str, out: Path, *
         model.add_weighted_adapter(names, weights, "default", combination_type=method, **kwargs)
     except ValueError as error:  # e.g. linear needs equal ranks and target modules
         raise MergeError(f"--method {method}: {error}") from None
-    with output_folder(out, overwrite) as stage:
+    with runs.output_folder(out, overwrite) as stage:
         model.save_pretrained(stage, selected_adapters=["default"])
         loaded.tokenizer.save_pretrained(stage)
         record = lineage.read(dirs[0]) | {

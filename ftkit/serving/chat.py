@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ftkit.serving import runtime as deploy
+from ftkit.serving import runtime
 from ftkit.errors import FtkitError
 
 HELP = """commands: /system TEXT  set the system prompt (empty TEXT removes it)
@@ -23,11 +23,11 @@ def run_chat(target: Path, *, system: str | None, max_new_tokens: int, temperatu
     if max_new_tokens < 1 or temperature < 0:
         raise FtkitError(f"--max-new-tokens must be at least 1 (got {max_new_tokens}) and --temperature at least 0 "
                          f"(got {temperature})")
-    targets, base = deploy.resolve_targets([target], quantization)
+    targets, base = runtime.resolve_targets([target], quantization)
     print(f"loading {base.source} ({base.quantization}) ...", file=sys.stderr)
-    deployment = deploy.load(targets, base)
+    deployment = runtime.load(targets, base)
     name = deployment.names[-1]  # the adapter, or the base for a model folder
-    conversation = deploy.Conversation(system=system)
+    conversation = runtime.Conversation(system=system)
     print(f"chatting with {name} (context {deployment.context} tokens)\n{HELP}", file=sys.stderr)
     with deployment.use(name):
         while True:
@@ -44,10 +44,10 @@ def run_chat(target: Path, *, system: str | None, max_new_tokens: int, temperatu
             if line.startswith("/"):
                 command(line, conversation)
             elif line.strip():
-                answer(deployment, conversation, line, deploy.Sampling(max_new_tokens=max_new_tokens, temperature=temperature))
+                answer(deployment, conversation, line, runtime.Sampling(max_new_tokens=max_new_tokens, temperature=temperature))
 
 
-def command(line: str, conversation: deploy.Conversation) -> None:
+def command(line: str, conversation: runtime.Conversation) -> None:
     """Apply one /command to the conversation."""
     word, _, rest = line.partition(" ")
     if word == "/reset":
@@ -61,17 +61,17 @@ def command(line: str, conversation: deploy.Conversation) -> None:
         print(HELP, file=sys.stderr)
 
 
-def answer(deployment: deploy.Deployment, conversation: deploy.Conversation, text: str, sampling: deploy.Sampling) -> None:
+def answer(deployment: runtime.Deployment, conversation: runtime.Conversation, text: str, sampling: runtime.Sampling) -> None:
     """Stream one reply to stdout and keep it in the conversation; Ctrl-C keeps what was said so far."""
     conversation.add("user", text)
-    prompt = deploy.prompt_ids(deployment.tokenizer, conversation.messages())
+    prompt = runtime.prompt_ids(deployment.tokenizer, conversation.messages())
     room = deployment.context - len(prompt)
     if room < 1:
         conversation.turns.pop()
         print(f"(the conversation is {len(prompt)} tokens, the model's context is {deployment.context}: /reset to "
               "start over)", file=sys.stderr)
         return
-    stream = deploy.ReplyStream(deployment.model, deployment.tokenizer, prompt,
+    stream = runtime.ReplyStream(deployment.model, deployment.tokenizer, prompt,
                                 replace(sampling, max_new_tokens=min(sampling.max_new_tokens, room)))
     print("assistant> ", end="", flush=True)
     stopped, pieces = False, iter(stream)

@@ -49,15 +49,15 @@ def resolve_target(path: Path, taken: Sequence[str] = ()) -> Target:
     records (`lineage.base_config`).
     """
     from ftkit import lineage
-    from ftkit.runs import RunDir, adapter_name
+    from ftkit.runs import ADAPTER_CONFIG, RunDir, adapter_name, is_adapter_folder
 
     run = RunDir(path)
-    if run.recipe.is_file() and (run.adapter / "adapter_config.json").is_file():
+    if run.recipe.is_file() and is_adapter_folder(run.adapter):
         return Target(_unique(path.resolve().name, taken), lineage.base_config(run.adapter), run.adapter)
     if run.recipe.is_file():
-        raise DeployError(f"{path} is a run directory without a finished adapter (no {run.adapter}/adapter_config.json); "
+        raise DeployError(f"{path} is a run directory without a finished adapter (no {run.adapter / ADAPTER_CONFIG}); "
                           "finish training it first (ftkit train RECIPE --resume)")
-    if (path / "adapter_config.json").is_file():
+    if is_adapter_folder(path):
         return Target(_unique(adapter_name(path), taken), lineage.base_config(path), path)
     if (path / "config.json").is_file():
         return Target(BASE_NAME, ModelConfig(source=str(path.resolve()), quantization="none"))
@@ -178,8 +178,8 @@ class Conversation:
 
 def prompt_ids(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[int]:
     """The conversation rendered by the tokenizer's own chat template, ending with the assistant's
-    generation prompt: the same rendering the chat task trains on."""
-    from ftkit.tasks.chat import render_ids
+    generation prompt: the same rendering the chat task trains on (`ftkit.data.encoding`)."""
+    from ftkit.data.encoding import render_ids
 
     return render_ids(tokenizer, messages, generation_prompt=True)
 

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ftkit.serving import runtime as deploy
+from ftkit.serving import runtime
 from ftkit.errors import FtkitError
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class Limits:
     max_body_bytes: int = MAX_BODY_BYTES
 
 
-def sampling_for(request: ChatRequest, prompt_tokens: int, context: int, limits: Limits) -> deploy.Sampling:
+def sampling_for(request: ChatRequest, prompt_tokens: int, context: int, limits: Limits) -> runtime.Sampling:
     """The request's sampling settings, or a 400 naming the parameter that does not fit."""
     asked = request.max_completion_tokens or request.max_tokens
     param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
@@ -131,7 +131,7 @@ def sampling_for(request: ChatRequest, prompt_tokens: int, context: int, limits:
         wanted = f" + {param} {asked}" if asked is not None else ""
         raise ApiError(400, f"the prompt is {prompt_tokens} tokens{wanted}, over the model's context of {context} "
                        "tokens; shorten the messages or ask for fewer tokens", param="messages", code="context_length_exceeded")
-    return deploy.Sampling(
+    return runtime.Sampling(
         max_new_tokens=asked or min(limits.max_new_tokens, room),
         temperature=1.0 if request.temperature is None else request.temperature,  # OpenAI's default
         top_p=1.0 if request.top_p is None else request.top_p,
@@ -140,7 +140,7 @@ def sampling_for(request: ChatRequest, prompt_tokens: int, context: int, limits:
     )
 
 
-def create_app(deployment: deploy.Deployment, *, api_key: str | None = None, limits: Limits | None = None) -> Any:
+def create_app(deployment: runtime.Deployment, *, api_key: str | None = None, limits: Limits | None = None) -> Any:
     """The FastAPI application serving `deployment`; `api_key` (if any) is required as a Bearer token."""
     from fastapi import Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -197,7 +197,7 @@ def create_app(deployment: deploy.Deployment, *, api_key: str | None = None, lim
             raise ApiError(404, f"model '{request.model}' is not served here; available: {', '.join(deployment.names)}",
                            param="model", code="model_not_found")
         prompt = render(deployment, request)
-        stream = deploy.ReplyStream(deployment.model, deployment.tokenizer, prompt,
+        stream = runtime.ReplyStream(deployment.model, deployment.tokenizer, prompt,
                                     sampling_for(request, len(prompt), deployment.context, limits))
         completion = Completion(request.model)
         if request.stream:
@@ -250,13 +250,13 @@ def validation_error(errors: Sequence[Any]) -> ApiError:
     return ApiError(400, f"{where}: {first['msg']}{more}", param=where)
 
 
-def render(deployment: deploy.Deployment, request: ChatRequest) -> list[int]:
+def render(deployment: runtime.Deployment, request: ChatRequest) -> list[int]:
     """The prompt tokens, or a 400 when the model's chat template refuses the messages (some templates
     insist on alternating user/assistant turns)."""
     from jinja2 import TemplateError
 
     try:
-        return deploy.prompt_ids(deployment.tokenizer, [message.as_turn() for message in request.messages])
+        return runtime.prompt_ids(deployment.tokenizer, [message.as_turn() for message in request.messages])
     except TemplateError as error:
         raise ApiError(400, f"the model's chat template rejects these messages: {error}", param="messages") from None
 
@@ -271,11 +271,11 @@ class Completion:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
     @staticmethod
-    def usage(reply: deploy.Reply) -> dict[str, int]:
+    def usage(reply: runtime.Reply) -> dict[str, int]:
         total = reply.prompt_tokens + reply.completion_tokens
         return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens, "total_tokens": total}
 
-    def whole(self, reply: deploy.Reply) -> dict[str, Any]:
+    def whole(self, reply: runtime.Reply) -> dict[str, Any]:
         message = {"role": "assistant", "content": reply.text}
         choice = {"index": 0, "message": message, "finish_reason": reply.finish_reason, "logprobs": None}
         return self._head("chat.completion") | {"choices": [choice], "usage": self.usage(reply)}
@@ -284,7 +284,7 @@ class Completion:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
         return event(self._head("chat.completion.chunk") | {"choices": [choice]})
 
-    def usage_chunk(self, reply: deploy.Reply) -> str:
+    def usage_chunk(self, reply: runtime.Reply) -> str:
         return event(self._head("chat.completion.chunk") | {"choices": [], "usage": self.usage(reply)})
 
 
@@ -292,7 +292,7 @@ def event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-async def sse(lock: asyncio.Lock, deployment: deploy.Deployment, name: str, stream: deploy.ReplyStream,
+async def sse(lock: asyncio.Lock, deployment: runtime.Deployment, name: str, stream: runtime.ReplyStream,
               completion: Completion, include_usage: bool) -> AsyncIterator[str]:
     """The reply as server-sent events, ending with `data: [DONE]`.
 
@@ -322,7 +322,7 @@ async def sse(lock: asyncio.Lock, deployment: deploy.Deployment, name: str, stre
     yield "data: [DONE]\n\n"
 
 
-def log_reply(name: str, reply: deploy.Reply) -> None:
+def log_reply(name: str, reply: runtime.Reply) -> None:
     log.info("%s: %d prompt + %d completion tokens in %.2f s (%.1f tokens/s, %s)", name, reply.prompt_tokens,
              reply.completion_tokens, reply.seconds, reply.tokens_per_s, reply.finish_reason)
 
@@ -366,9 +366,9 @@ def serve(paths: Sequence[Path], *, host: str, port: int, api_key_env: str, max_
     if api_key is None and not is_loopback(host):
         log.warning("warning: listening on %s without an API key: anyone who can reach it can use it; "
                     "set %s to require one", host, api_key_env)
-    targets, base = deploy.resolve_targets(paths, quantization)
+    targets, base = runtime.resolve_targets(paths, quantization)
     with bind(host, port) as sock:
-        deployment = deploy.load(targets, base)
+        deployment = runtime.load(targets, base)
         app = create_app(deployment, api_key=api_key, limits=Limits(max_new_tokens=max_new_tokens_limit))
         address = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}/v1"
         key_note = f"API key required (from ${api_key_env})" if api_key else f"no API key (set ${api_key_env} to require one)"

@@ -8,7 +8,7 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
-from ftkit.tasks.base import _REGISTRY, Example, Task, TaskOptions
+from ftkit.tasks.base import _REGISTRY, Example, Probe, Task, TaskOptions
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base" and not _module.name.startswith("_"):
@@ -21,7 +21,7 @@ def task_names() -> list[str]:
 
 def get_task(options: TaskOptions, max_length: int) -> Task:
     """The task instance for a validated `task:` section of a recipe."""
-    return _REGISTRY[options.name](options, max_length)  # type: ignore[attr-defined]
+    return _REGISTRY[options.name](options, max_length)
 
 
 # The recipe's `task:` section: one options model per task, chosen by its `name`.
@@ -30,4 +30,4 @@ TaskSection = Annotated[
     Field(discriminator="name"),
 ]
 
-__all__ = ["Example", "Task", "TaskOptions", "TaskSection", "get_task", "task_names"]
+__all__ = ["Example", "Probe", "Task", "TaskOptions", "TaskSection", "get_task", "task_names"]

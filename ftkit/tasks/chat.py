@@ -1,28 +1,28 @@
 """Chat (customer service): multi-turn conversations rendered with the tokenizer's chat template.
 
-Loss falls on every assistant turn, and only there. The spans come from the template itself:
-the conversation up to turn i is rendered with the generation prompt, then up to the end of
-turn i, and the tokens in between are that turn's reply (with its end-of-turn token). No marker
-string is searched for, so a marker that tokenises differently in context cannot break masking.
-
-Prediction generates the final assistant turn from the conversation before it; metrics are
-ROUGE-L and chrF against the reference reply and the perplexity of the reference reply.
+Loss falls on every assistant turn, and only there; the spans come from the template itself
+(`ftkit.data.encoding.assistant_spans`). Prediction generates the final assistant turn from the
+conversation before it; metrics are ROUGE-L and chrF against the reference reply and the
+perplexity of the reference reply.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field
 
+from ftkit.data.encoding import IGNORE_INDEX, Encoded, assistant_spans
+from ftkit.errors import RowError
 from ftkit.evaluation.inference import generate_greedy, score_completions
 from ftkit.evaluation.metrics import compute, per_example
-from ftkit.data.encoding import IGNORE_INDEX, Encoded
-from ftkit.errors import RowError
-from ftkit.tasks.base import Example, Progress, Task, TaskOptions, batches, register
+from ftkit.tasks.base import Example, Progress, Row, Task, TaskOptions, alpaca_prompt, batches, register
 
 ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "bot": "assistant", "system": "system"}
+Turn = dict[str, str]
 
 
 class ChatOptions(TaskOptions):
@@ -31,27 +31,11 @@ class ChatOptions(TaskOptions):
     max_new_tokens: int = Field(default=64, ge=1, le=2048, description="longest reply generated at evaluation")
 
 
-def render_ids(tokenizer: Any, messages: Sequence[Mapping[str, str]], *, generation_prompt: bool) -> list[int]:
-    ids = tokenizer.apply_chat_template(list(messages), tokenize=True, add_generation_prompt=generation_prompt)
-    return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
+@dataclass(frozen=True)
+class ChatExample(Example):
+    """A conversation: every turn, the last one the assistant's reply that evaluation generates."""
 
-
-def assistant_spans(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> tuple[list[int], list[tuple[int, int]]]:
-    """The rendered conversation and the [start, end) token span of every assistant turn."""
-    ids = render_ids(tokenizer, messages, generation_prompt=False)
-    spans = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        start = len(render_ids(tokenizer, messages[:i], generation_prompt=True))
-        upto = render_ids(tokenizer, messages[: i + 1], generation_prompt=False)
-        if ids[: len(upto)] != upto or len(upto) <= start:
-            raise RowError(
-                "the tokenizer's chat template does not render a conversation as a sequence of its turns, "
-                "so assistant turns cannot be located by token; use a model with a standard chat template"
-            )
-        spans.append((start, len(upto)))
-    return ids, spans
+    messages: tuple[Turn, ...] = ()
 
 
 @register
@@ -63,7 +47,22 @@ class Chat(Task):
     lower_is_better = frozenset({"perplexity"})
     options: ChatOptions
 
-    def make_example(self, row: Mapping[str, Any], where: str) -> Example:
+    def convert_row(self, row: Row) -> Row:
+        """ShareGPT `conversations` (from/value), alpaca (instruction/input/output) and plain
+        user/assistant columns become `messages`."""
+        if "messages" in row:
+            return row
+        if isinstance(row.get("conversations"), list):
+            turns = [t for t in row["conversations"] if isinstance(t, dict)]
+            return row | {"messages": [{"role": SHAREGPT_ROLES.get(str(t.get("from")), str(t.get("from"))), "content": t.get("value")}
+                                       for t in turns]}
+        user, reply = (alpaca_prompt(row), row.get("output")) if "instruction" in row else (row.get("user"), row.get("assistant"))
+        if user is None or reply is None:
+            return row
+        system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+        return row | {"messages": [*system, {"role": "user", "content": user}, {"role": "assistant", "content": reply}]}
+
+    def make_example(self, row: Mapping[str, Any], where: str) -> ChatExample:
         messages = row.get("messages")
         if not isinstance(messages, list) or not messages:
             raise RowError(f"{where}: 'messages' must be a non-empty list of {{role, content}} turns")
@@ -78,18 +77,18 @@ class Chat(Task):
             raise RowError(f"{where}: a conversation needs a user turn and must end with an assistant turn")
         if self.options.system_prompt and turns[0]["role"] != "system":
             turns.insert(0, {"role": "system", "content": self.options.system_prompt})
-        return Example(
+        return ChatExample(
             prompt="",  # the context is rendered by the chat template
             completion=turns[-1]["content"],
             reference=turns[-1]["content"],
             where=where,
-            messages=tuple(turns),
             content=" ".join(t["content"] for t in turns if t["role"] == "user"),
+            messages=tuple(turns),
         )
 
     def encode(self, example: Example, tokenizer: Any) -> Encoded:
         """Labels on every assistant span; an over-long conversation loses its oldest tokens."""
-        ids, spans = assistant_spans(tokenizer, example.messages or ())
+        ids, spans = assistant_spans(tokenizer, _messages(example))
         labels = [IGNORE_INDEX] * len(ids)
         for start, end in spans:
             labels[start:end] = ids[start:end]
@@ -105,7 +104,7 @@ class Chat(Task):
         for batch in batches(examples, batch_size):
             contexts, references = [], []
             for example in batch:
-                ids, spans = assistant_spans(tokenizer, example.messages or ())
+                ids, spans = assistant_spans(tokenizer, _messages(example))
                 start, end = spans[-1]
                 context, reply = ids[:start][-budget:], ids[start:end]
                 contexts.append(context)
@@ -117,19 +116,35 @@ class Chat(Task):
             progress(len(batch))
         return predictions
 
-    def score(
-        self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example], only: str | None = None
-    ) -> dict[str, float]:
+    def scorers(self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]) -> dict[str, Callable[[], float]]:
         replies = [p["reply"] for p in predictions]
         references = [[e.reference] for e in examples]
-        metrics = {
+        return {
             "rouge_l": lambda: compute("rouge_l", predictions=replies, references=references)["rouge_l"],
             "chrf": lambda: compute("chrf", predictions=replies, references=references)["chrf"],
             "perplexity": lambda: compute(
                 "perplexity", nll=[p["nll"] for p in predictions], num_tokens=[p["tokens"] for p in predictions]
             )["perplexity"],
         }
-        return {name: value() for name, value in metrics.items() if only in (None, name)}
 
     def per_example(self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]) -> dict[str, list[float]]:
         return {"rouge_l": per_example("rouge_l", [p["reply"] for p in predictions], [[e.reference] for e in examples])}
+
+    def size(self, example: Example) -> int:
+        return sum(len(turn["content"]) for turn in _messages(example))
+
+    def shown_input(self, example: Example) -> str:
+        """The last user turn: what the reply answers."""
+        return next(t["content"] for t in reversed(_messages(example)) if t["role"] == "user")
+
+    def recorded_input(self, example: Example) -> list[Turn]:
+        return list(_messages(example))
+
+    def shown_prediction(self, prediction: dict[str, Any]) -> str:
+        return str(prediction["reply"])
+
+
+def _messages(example: Example) -> tuple[Turn, ...]:
+    if not isinstance(example, ChatExample):
+        raise TypeError(f"{example.where}: the chat task needs a ChatExample (made by Chat.make_example)")
+    return example.messages

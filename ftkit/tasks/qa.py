@@ -6,7 +6,8 @@ Metrics are SQuAD-style exact match and token F1, each the best over the accepta
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import Field
@@ -15,7 +16,7 @@ from ftkit.evaluation.inference import generate_greedy
 from ftkit.evaluation.metrics import compute, per_example
 from ftkit.data.encoding import truncate_middle
 from ftkit.errors import RowError
-from ftkit.tasks.base import Example, Progress, Task, TaskOptions, batches, register, render
+from ftkit.tasks.base import Example, Progress, Row, Task, TaskOptions, alpaca_prompt, batches, register, render
 
 
 class QAOptions(TaskOptions):
@@ -41,7 +42,17 @@ class QA(Task):
     Options = QAOptions
     columns = ("question", "context", "answer")
     metrics = ("f1", "exact_match")
+    binary_metrics = frozenset({"exact_match"})
     options: QAOptions
+
+    def convert_row(self, row: Row) -> Row:
+        """SQuAD's `answers` (a list of texts or of {text, answer_start}, or the hub's {text: [...]})
+        become `answer`; an alpaca row (instruction, optional input, output) a question and its answer."""
+        if "answer" not in row and "answers" in row:
+            return row | {"answer": _squad_answers(row["answers"])}
+        if "question" in row or "instruction" not in row:
+            return row
+        return row | {"question": alpaca_prompt(row), "answer": row.get("output")}
 
     def make_example(self, row: Mapping[str, Any], where: str) -> Example:
         question, context = row.get("question"), row.get("context")
@@ -80,10 +91,22 @@ class QA(Task):
             progress(len(batch))
         return predictions
 
-    def score(self, predictions: Sequence[str], examples: Sequence[Example], only: str | None = None) -> dict[str, float]:
-        result = compute("squad", predictions=list(predictions), references=[e.reference for e in examples])
-        return {"f1": result["f1"], "exact_match": result["exact_match"]}
+    def scorers(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, Callable[[], float]]:
+        @functools.cache
+        def squad() -> dict[str, float]:
+            return compute("squad", predictions=list(predictions), references=[e.reference for e in examples])
+
+        return {"f1": lambda: squad()["f1"], "exact_match": lambda: squad()["exact_match"]}
 
     def per_example(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, list[float]]:
         references = [e.reference for e in examples]
         return {"f1": per_example("squad_f1", predictions, references), "exact_match": per_example("squad_exact_match", predictions, references)}
+
+
+def _squad_answers(answers: Any) -> Any:
+    """SQuAD answers as a list of texts; anything else is passed on for `make_example` to report."""
+    if isinstance(answers, Mapping) and isinstance(answers.get("text"), list):
+        return answers["text"]
+    if isinstance(answers, list):
+        return [a["text"] if isinstance(a, Mapping) and "text" in a else a for a in answers]
+    return answers

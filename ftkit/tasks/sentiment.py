@@ -7,7 +7,7 @@ prediction is always one of the labels.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -47,6 +47,7 @@ class Sentiment(Task):
     Options = SentimentOptions
     columns = ("text", "label")
     metrics = ("accuracy", "macro_f1")
+    binary_metrics = frozenset({"accuracy"})
     options: SentimentOptions
 
     @property
@@ -108,11 +109,12 @@ class Sentiment(Task):
             progress(len(batch))
         return predictions
 
-    def score(self, predictions: Sequence[str], examples: Sequence[Example], only: str | None = None) -> dict[str, float]:
+    def scorers(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, Callable[[], float]]:
         references = [example.reference for example in examples]
-        accuracy = compute("accuracy", predictions=predictions, references=references)
-        f1 = compute("macro_f1", predictions=predictions, references=references, labels=self.labels)
-        return {"accuracy": accuracy["accuracy"], "macro_f1": f1["macro_f1"]}
+        return {
+            "accuracy": lambda: compute("accuracy", predictions=predictions, references=references)["accuracy"],
+            "macro_f1": lambda: compute("macro_f1", predictions=predictions, references=references, labels=self.labels)["macro_f1"],
+        }
 
     def per_example(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, list[float]]:
         return {"accuracy": per_example("accuracy", list(predictions), [e.reference for e in examples])}

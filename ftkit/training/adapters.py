@@ -78,10 +78,10 @@ def check(adapter_dir: Path, model: Any | None = None, tokenizer: Any | None = N
     """An adapter folder must have a config, match its manifest (sha256 of every file) and, given
     the base model it is for, have been trained on that base; returns lineage warnings."""
     from ftkit import lineage
-    from ftkit.runs import RunError, verify_manifest
+    from ftkit.runs import ADAPTER_CONFIG, RunError, is_adapter_folder, verify_manifest
 
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise AdapterError(f"{adapter_dir} is not an adapter folder (no adapter_config.json)")
+    if not is_adapter_folder(adapter_dir):
+        raise AdapterError(f"{adapter_dir} is not an adapter folder (no {ADAPTER_CONFIG})")
     try:
         verify_manifest(adapter_dir)
     except RunError as error:

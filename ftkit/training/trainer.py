@@ -26,7 +26,7 @@ from ftkit.training import adapters
 from ftkit.training import distributed
 from ftkit.errors import FtkitError
 from ftkit.models import LoadedModel, compute_dtype, load_model
-from ftkit.data.preflight import Preflight, check_recipe
+from ftkit.data.prepared import PreparedData
 from ftkit.recipe import Recipe
 from ftkit.runs import RunDir, append_jsonl, staged_dir, write_json, write_manifest
 from ftkit.data.encoding import IGNORE_INDEX, Encoded
@@ -197,7 +197,6 @@ class TrainResult:
     train_examples: int
     truncated: int
     lora_change: float | None  # None when FSDP/ZeRO-3 sharded the adapter (no process holds all of it)
-    checks: Preflight  # the task, tokenizer and loaded, tokenised splits
     batch: dict[str, int]  # processes, per-device batch, accumulation, effective batch
 
 
@@ -245,7 +244,7 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool) -> Tra
     )
 
 
-def train(recipe: Recipe, run: RunDir, *, resume: bool = False, checks: Preflight | None = None,
+def train(recipe: Recipe, run: RunDir, prepared: PreparedData, *, resume: bool = False,
           callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
     """Fine-tune the recipe's adapter; the adapter is written to `run.adapter` when done.
 
@@ -253,9 +252,8 @@ def train(recipe: Recipe, run: RunDir, *, resume: bool = False, checks: Prefligh
     it gives the TRL trainer).
     """
     set_seed(recipe.train.seed)
-    checks = checks or check_recipe(recipe)
-    checks.raise_if_fatal()
-    train_set, val_set = checks.encoded["train"], checks.encoded.get("validation")
+    prepared.raise_if_fatal()
+    train_set, val_set = prepared.encoded["train"], prepared.encoded.get("validation")
     # Before the model: under DeepSpeed ZeRO-3 the arguments are what makes `from_pretrained` load it partitioned.
     args = training_arguments(recipe, run, val_set is not None)
     batch = _record_launch(args, run)
@@ -286,7 +284,7 @@ def train(recipe: Recipe, run: RunDir, *, resume: bool = False, checks: Prefligh
         with staged_dir(run.adapter) as stage:
             model.save_pretrained(stage, state_dict=gathered)
             loaded.tokenizer.save_pretrained(stage)
-            write_manifest(stage, {"lineage": lineage.record(recipe, loaded.source, loaded.tokenizer, checks.splits)})
+            write_manifest(stage, {"lineage": lineage.record(recipe, loaded.source, loaded.tokenizer, prepared.splits)})
     return TrainResult(
         model=model,
         tokenizer=loaded.tokenizer,
@@ -298,7 +296,6 @@ def train(recipe: Recipe, run: RunDir, *, resume: bool = False, checks: Prefligh
         train_examples=len(train_set.rows),
         truncated=train_set.truncated,
         lora_change=change,
-        checks=checks,
         batch=batch,
     )
 

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from ftkit.data.sources import encode_examples, load_split
+from ftkit.data.prepared import encode_examples
+from ftkit.data.splits import load_split
 from ftkit.recipe import load_recipe
 from ftkit.runs import RunDir
 from ftkit.tasks import get_task

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ftkit.serving import runtime as deploy
+from ftkit.serving import runtime
 from ftkit.cli import main
 from tests.tiny_adapters import make_run
 
@@ -25,13 +25,13 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
 def prompts(monkeypatch: pytest.MonkeyPatch) -> list[list[dict[str, str]]]:
     """Every conversation the chat renders into a prompt (the real rendering still runs)."""
     seen: list[list[dict[str, str]]] = []
-    render = deploy.prompt_ids
+    render = runtime.prompt_ids
 
     def recording(tokenizer, messages):
         seen.append([dict(m) for m in messages])
         return render(tokenizer, messages)
 
-    monkeypatch.setattr(deploy, "prompt_ids", recording)
+    monkeypatch.setattr(runtime, "prompt_ids", recording)
     return seen
 
 
@@ -112,27 +112,27 @@ def test_a_folder_that_is_no_target_is_one_error_line(monkeypatch, capsys, tmp_p
 
 
 def test_conversation_messages_and_prompt_after_reset(tokenizer) -> None:
-    conversation = deploy.Conversation(system="Be kind.")
+    conversation = runtime.Conversation(system="Be kind.")
     conversation.add("user", "What is a llama?")
     conversation.add("assistant", "An animal.")
     conversation.add("user", "Where does it live?")
-    before = tokenizer.decode(deploy.prompt_ids(tokenizer, conversation.messages()))
+    before = tokenizer.decode(runtime.prompt_ids(tokenizer, conversation.messages()))
     assert before.index("Be kind.") < before.index("What is a llama?") < before.index("Where does it live?")
     assert before.rstrip().endswith("assistant"), "ends with the generation prompt"
     conversation.reset()
     conversation.add("user", "Hello")
-    after = tokenizer.decode(deploy.prompt_ids(tokenizer, conversation.messages()))
+    after = tokenizer.decode(runtime.prompt_ids(tokenizer, conversation.messages()))
     assert "llama" not in after and "Be kind." in after and "Hello" in after
 
 
 def test_a_reply_stream_stops_when_cancelled(tiny_model_dir: Path) -> None:
-    deployment = deploy.load(*deploy.resolve_targets([tiny_model_dir]))
-    prompt = deploy.prompt_ids(deployment.tokenizer, [{"role": "user", "content": "Hi"}])
-    stream = deploy.ReplyStream(deployment.model, deployment.tokenizer, prompt, deploy.Sampling(max_new_tokens=200))
+    deployment = runtime.load(*runtime.resolve_targets([tiny_model_dir]))
+    prompt = runtime.prompt_ids(deployment.tokenizer, [{"role": "user", "content": "Hi"}])
+    stream = runtime.ReplyStream(deployment.model, deployment.tokenizer, prompt, runtime.Sampling(max_new_tokens=200))
     pieces = iter(stream)
     next(pieces)
     stream.cancel()
     list(pieces)
     assert 0 < stream.reply.completion_tokens < 200
-    whole = deploy.ReplyStream(deployment.model, deployment.tokenizer, prompt, deploy.Sampling(max_new_tokens=5))
+    whole = runtime.ReplyStream(deployment.model, deployment.tokenizer, prompt, runtime.Sampling(max_new_tokens=5))
     assert "".join(whole) == whole.reply.text and whole.reply.completion_tokens == 5 and whole.reply.tokens_per_s > 0

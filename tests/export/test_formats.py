@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from ftkit.cli import main
-from ftkit.export.formats import ExportError, RoleTemplate, check_architecture, infer_role_template
+from ftkit.export import ExportError
+from ftkit.export.gguf import check_architecture
+from ftkit.export.ollama import RoleTemplate, infer_role_template
 from ftkit.runs import RunDir
 
 

@@ -7,7 +7,8 @@ import json
 import pytest
 import yaml
 
-from ftkit.data.sources import DataError, load_split, read_rows
+from ftkit.data.sources import DataError, read_rows
+from ftkit.data.splits import load_split
 from ftkit.recipe import load_recipe
 from ftkit.tasks import get_task
 

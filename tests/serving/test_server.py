@@ -17,7 +17,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from ftkit.serving import runtime as deploy
+from ftkit.serving import runtime
 from ftkit.cli import main
 from ftkit.serving.server import Limits, bind, create_app, server
 from tests.tiny_adapters import make_adapter, make_run
@@ -31,7 +31,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
     root = tmp_path_factory.mktemp("serve")
     alpha = make_run(root, tiny_model_dir, "alpha", seed=1)
     beta = make_adapter(root / "beta", tiny_model_dir, seed=2)
-    deployment = deploy.load(*deploy.resolve_targets([alpha, beta]))
+    deployment = runtime.load(*runtime.resolve_targets([alpha, beta]))
     app = create_app(deployment, api_key=KEY, limits=Limits(max_new_tokens=32, max_body_bytes=20_000))
     sock = bind("127.0.0.1", 0)
     uvicorn_server = server(app, log_level="warning")
@@ -203,20 +203,20 @@ def test_health_needs_no_key(base_url: str) -> None:
 def test_adapters_of_different_bases_are_refused_before_loading(tmp_path: Path) -> None:
     from ftkit.recipe import ModelConfig
 
-    targets = [deploy.Target("a", ModelConfig(source=str(tmp_path)), tmp_path),
-               deploy.Target("b", ModelConfig(source="default"), tmp_path)]
-    with pytest.raises(deploy.DeployError, match="one process serves adapters of one base model"):
-        deploy.shared_base(targets, None)
+    targets = [runtime.Target("a", ModelConfig(source=str(tmp_path)), tmp_path),
+               runtime.Target("b", ModelConfig(source="default"), tmp_path)]
+    with pytest.raises(runtime.DeployError, match="one process serves adapters of one base model"):
+        runtime.shared_base(targets, None)
 
 
 def test_an_adapter_served_on_a_differently_quantized_base_is_warned_about(tmp_path: Path, caplog) -> None:
     from ftkit.recipe import ModelConfig
 
-    trained = deploy.Target("a", ModelConfig(source=str(tmp_path), quantization="none"), tmp_path)
-    assert deploy.shared_base([trained], "4bit").quantization == "4bit"
+    trained = runtime.Target("a", ModelConfig(source=str(tmp_path), quantization="none"), tmp_path)
+    assert runtime.shared_base([trained], "4bit").quantization == "4bit"
     assert "'a' was trained with quantization none and runs with 4bit" in caplog.text
     caplog.clear()
-    assert deploy.shared_base([trained], None).quantization == "none" and not caplog.text
+    assert runtime.shared_base([trained], None).quantization == "none" and not caplog.text
 
 
 def test_serve_with_a_folder_that_is_no_target_is_one_error_line(tmp_path: Path, capsys) -> None:

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from ftkit.cli import main
-from ftkit.evaluation.evaluator import EvalReport, SystemResult, render_markdown, to_json
+from ftkit.evaluation.evaluator import EvalReport, SystemResult
+from ftkit.evaluation.reports import render_markdown, to_json
 from ftkit.recipe import load_recipe
 from ftkit.evaluation.stats import Interval
 from ftkit.tasks import get_task
@@ -64,7 +65,7 @@ def test_report_says_plainly_when_a_difference_is_not_significant() -> None:
 
     ci = Interval(0.5, 0.2, 0.8, 0.95)
     report = EvalReport(
-        task="sentiment", split="test", examples=examples, metric_names=["accuracy"],
+        task=task, split="test", examples=examples, metric_names=["accuracy"],
         systems=[SystemResult("base", ["negative"] * 10, {"accuracy": ci}, 1.0, [float(i % 2 == 0) for i in range(10)]),
                  SystemResult("adapter", ["positive"] * 10, {"accuracy": ci}, 2.0, [float(i % 2 == 1) for i in range(10)])],
         comparisons=[Comparison("adapter", "accuracy", 0.0, 1.0, "McNemar exact")], resamples=100,

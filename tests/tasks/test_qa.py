@@ -53,3 +53,19 @@ def test_first_non_empty_line_is_the_answer() -> None:
 
     assert first_line("\n  Paris\nThe capital of France") == "Paris"
     assert first_line("\n\n") == ""
+
+
+def test_alpaca_rows_become_a_question_and_its_answer() -> None:
+    task = get_task(QAOptions(name="qa"), 64)
+    alpaca = {"instruction": "Summarise", "input": "long text", "output": "short"}
+    assert task.convert_row(alpaca) == alpaca | {"question": "Summarise\n\nlong text", "answer": "short"}
+    assert task.convert_row({"question": "q?", "answer": "a"}) == {"question": "q?", "answer": "a"}
+
+
+def test_squad_answers_in_every_layout_become_the_answer_list() -> None:
+    task = get_task(QAOptions(name="qa"), 64)
+    row = {"question": "When?", "context": "Ana was born in 1990."}
+    for answers in (["1990", "in 1990"], [{"text": "1990", "answer_start": 16}, {"text": "in 1990", "answer_start": 13}],
+                    {"text": ["1990", "in 1990"], "answer_start": [16, 13]}):
+        example = task.make_example(task.convert_row(row | {"answers": answers}), "f:row 1")
+        assert example.reference == ["1990", "in 1990"]

@@ -17,7 +17,7 @@ from ftkit.cli import main
 from ftkit.recipe import load_recipe
 from ftkit.runs import RunDir
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "recipes" / "accelerate"
 
 # Every optimizer step sees all 32 training rows (2 processes x 8 x 2 micro-batches, or 1 x 32 x 1), so

@@ -91,3 +91,14 @@ def test_predict_generates_replies_and_scores_reference_likelihood(chat, tokeniz
     assert all(p["nll"] > 0 and p["tokens"] > 1 for p in predictions)
     scores = chat.score(predictions, examples)
     assert 0 <= scores["rouge_l"] <= 1 and scores["perplexity"] > 1
+
+
+def test_sharegpt_alpaca_and_user_assistant_rows_become_messages() -> None:
+    task = get_task(ChatOptions(name="chat"), 64)
+    sharegpt = task.convert_row({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]})
+    assert sharegpt["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    alpaca = {"instruction": "Summarise", "input": "long text", "output": "short"}
+    assert task.convert_row(alpaca)["messages"][0] == {"role": "user", "content": "Summarise\n\nlong text"}
+    columns = task.convert_row({"user": "where is my order?", "assistant": "On its way.", "system": "Be kind."})
+    assert [t["role"] for t in columns["messages"]] == ["system", "user", "assistant"]
+    assert task.convert_row({"text": "no conversation here"}) == {"text": "no conversation here"}

@@ -9,7 +9,9 @@ import pytest
 import yaml
 
 from ftkit.cli import main
-from ftkit.data.sources import DataError, find_overlap, hash_split, load_split, read_rows, to_task_columns
+from ftkit.data.overlap import find_overlap
+from ftkit.data.sources import DataError, read_rows
+from ftkit.data.splits import hash_split, load_split
 from ftkit.recipe import SplitConfig, load_recipe
 from ftkit.tasks import get_task
 
@@ -118,16 +120,6 @@ def test_labels_can_be_inferred_from_training_data(tmp_path) -> None:
     assert task.labels == ["card_arrival", "pin", "top_up"]
     with pytest.raises(DataError, match="unknown label 'unknown_intent'"):
         load_split(recipe, task, "test")
-
-
-def test_sharegpt_alpaca_and_user_assistant_rows_become_task_columns() -> None:
-    sharegpt = to_task_columns({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}, ("messages",))
-    assert sharegpt["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
-    alpaca = {"instruction": "Summarise", "input": "long text", "output": "short"}
-    assert to_task_columns(alpaca, ("messages",))["messages"][0] == {"role": "user", "content": "Summarise\n\nlong text"}
-    assert to_task_columns(alpaca, ("question", "context", "answer")) | {} == alpaca | {"question": "Summarise\n\nlong text", "answer": "short"}
-    columns = to_task_columns({"user": "where is my order?", "assistant": "On its way.", "system": "Be kind."}, ("messages",))
-    assert [t["role"] for t in columns["messages"]] == ["system", "user", "assistant"]
 
 
 def test_json_key_squad_and_parallel_sources(tmp_path) -> None:

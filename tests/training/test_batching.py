@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from ftkit.data.encoding import IGNORE_INDEX, encode_prompt_completion
+from ftkit.data.prepared import prepare
 from ftkit.recipe import load_recipe
 from ftkit.runs import RunDir
 from ftkit.training.trainer import Collator, CompletionLossTrainer, batch_token_budget, split_batch, train
@@ -124,7 +125,7 @@ def test_grouped_and_split_training_equals_plain_training(write_recipe, sentimen
         run.path.mkdir(parents=True)
         if not grouped:
             monkeypatch.setattr(ftkit.training.trainer, "batch_token_budget", lambda rows, size: None)
-        result = train(recipe, run)
+        result = train(recipe, run, prepare(recipe))
         adapters.append((load_file(run.adapter / "adapter_model.safetensors"), result.train_loss))
     (grouped_w, grouped_loss), (plain_w, plain_loss) = adapters
     assert len(splits) == 1, "the grouped run split its one wide batch; the plain run did not"
@@ -141,7 +142,7 @@ def test_bf16_compute_dtype_trains_to_the_fp32_loss(write_recipe) -> None:
                                           data={"validation": None}, train={"max_steps": 6, "learning_rate": 5e-3}))
         run = RunDir(recipe.run_dir)
         run.path.mkdir(parents=True)
-        result = train(recipe, run)
+        result = train(recipe, run, prepare(recipe))
         log = [json.loads(line) for line in run.train_log.read_text().splitlines()]
         losses[dtype] = [row["loss"] for row in log if "loss" in row]
         assert result.lora_change and result.lora_change > 0

@@ -72,3 +72,23 @@ def test_truncation_cuts_the_prompt_middle_never_the_completion(tokenizer) -> No
 def test_labels_must_be_distinct() -> None:
     with pytest.raises(ValueError):
         SentimentOptions(name="sentiment", labels=["a", "a"])
+
+
+def test_a_task_name_is_taken_once() -> None:
+    from ftkit.errors import FtkitError
+    from ftkit.tasks.base import register
+    from ftkit.tasks.sentiment import Sentiment
+
+    class Another(Sentiment):
+        pass
+
+    with pytest.raises(FtkitError, match="task name 'sentiment' is registered twice"):
+        register(Another)
+    assert get_task(SentimentOptions(name="sentiment"), 64).__class__ is Sentiment
+
+
+def test_accuracy_is_compared_with_mcnemar_and_macro_f1_with_a_paired_bootstrap(task) -> None:
+    assert task.paired_test("accuracy") == "mcnemar"
+    assert task.paired_test("macro_f1") == "bootstrap"
+    examples = [task.make_example({"text": "ok", "label": label}, f"f:row {i}") for i, label in enumerate("01")]
+    assert task.score(["negative", "negative"], examples, only="accuracy") == {"accuracy": 0.5}

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from ftkit.cli import main
+from ftkit.data.prepared import prepare
 from ftkit.recipe import load_recipe
 from ftkit.runs import RunDir
 from ftkit.training.trainer import Collator, train
@@ -59,7 +60,7 @@ def test_gradient_checkpointing_still_trains(write_recipe) -> None:
     recipe = load_recipe(write_recipe("gc", train={"gradient_checkpointing": True, "max_steps": 2}))
     run = RunDir(recipe.run_dir)
     run.path.mkdir(parents=True)
-    result = train(recipe, run)
+    result = train(recipe, run, prepare(recipe))
     assert result.lora_change > 0
     assert all(w.abs().sum() > 0 for k, w in _adapter_weights(run.adapter).items() if "lora_B" in k)
 
@@ -83,7 +84,7 @@ def test_gradient_accumulation_matches_one_big_batch(write_recipe, sentiment_fil
         recipe = load_recipe(write_recipe(name, task=task, data=files, train=train_cfg))
         run = RunDir(recipe.run_dir)
         run.path.mkdir(parents=True)
-        train(recipe, run)
+        train(recipe, run, prepare(recipe))
         results.append(_adapter_weights(run.adapter))
     for key in results[0]:
         torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-4, atol=1e-6)

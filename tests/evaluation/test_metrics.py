@@ -23,7 +23,7 @@ import pytest
 # active and the background fresh-cache process has started.
 from ftkit.evaluation.metrics import available_metrics, available_per_example, load_metric, metric_path, per_example
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"}
 
 

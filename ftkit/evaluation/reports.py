@@ -1,0 +1,149 @@
+"""What an evaluation leaves behind: metrics.json (a stable schema), the terminal table, report.md
+with the examples an adapter fixed and broke, predictions.jsonl and the plots.
+
+What an example and a prediction look like in a report is the task's to say (`Task.shown_input`,
+`shown_prediction`, `recorded_input`); nothing here knows any task.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ftkit import runs
+from ftkit.evaluation import plots
+from ftkit.evaluation.evaluator import BASE, EvalReport, SystemResult
+from ftkit.evaluation.stats import Interval
+
+SCHEMA = "ftkit.metrics/1"
+
+
+def to_json(report: EvalReport) -> dict[str, Any]:
+    """The stable, documented schema of metrics.json (see README, "metrics.json")."""
+    return {
+        "schema": SCHEMA,
+        "task": report.task.name,
+        "split": report.split,
+        "examples": len(report.examples),
+        "primary_metric": report.metric_names[0],
+        "confidence": 0.95,
+        "bootstrap_resamples": report.resamples,
+        "systems": {
+            s.name: {
+                "metrics": {m: {"value": i.point, "ci_low": i.low, "ci_high": i.high} for m, i in s.metrics.items()},
+                "eval_seconds": round(s.seconds, 2),
+                "examples_per_s": round(s.examples_per_s, 2),
+            }
+            for s in report.systems
+        },
+        "comparisons": [
+            {
+                "system": c.system,
+                "baseline": BASE,
+                "metric": c.metric,
+                "difference": c.difference,
+                "p_value": c.p_value,
+                "test": c.test,
+                "significant": c.significant,
+            }
+            for c in report.comparisons
+        ],
+        "training": report.training,
+    }
+
+
+def _fmt(interval: Interval) -> str:
+    return f"{interval.point:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
+
+
+def render_table(report: EvalReport) -> str:
+    """Plain-text table for the terminal: each system's metrics with 95 % CIs, then the comparisons."""
+    names = [s.name for s in report.systems]
+    width = max(24, *(len(n) + 2 for n in names))
+    lines = [f"held-out {report.split}: {len(report.examples)} examples, task {report.task.name} (95% bootstrap CI)"]
+    lines.append(f"{'metric':<12}" + "".join(f"{n:<{width}}" for n in names))
+    for metric in report.metric_names:
+        lines.append(f"{metric:<12}" + "".join(f"{_fmt(s.metrics[metric]):<{width}}" for s in report.systems))
+    for c in report.comparisons:
+        verdict = "significant" if c.significant else "NOT significant"
+        lines.append(f"{c.system} vs base, {c.metric}: {c.difference:+.3f} (p = {c.p_value:.3g}, {c.test}; {verdict} at 0.05)")
+    return "\n".join(lines)
+
+
+def render_markdown(report: EvalReport) -> str:
+    """report.md: the table with CIs, significance in words, and examples the adapter fixed and broke."""
+    names = [s.name for s in report.systems]
+    out = [f"# Evaluation: {report.task.name} on {report.split}", ""]
+    out.append(f"{len(report.examples)} held-out examples. Values with 95 % bootstrap confidence intervals "
+               f"({report.resamples} resamples, seed 0).")
+    out += ["", "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for metric in report.metric_names:
+        out.append(f"| {metric} | " + " | ".join(_fmt(s.metrics[metric]) for s in report.systems) + " |")
+    out += ["", "## Is the adapter better?", ""]
+    for c in report.comparisons:
+        if c.significant:
+            word = "better" if c.improved else "worse"
+            out.append(f"- **{c.system}** is {word} than the base on {c.metric} by {c.difference:+.3f} (p = {c.p_value:.3g}, {c.test}).")
+        else:
+            out.append(f"- **{c.system}** vs base on {c.metric}: {c.difference:+.3f}, **not significant** (p = {c.p_value:.3g}, {c.test}); "
+                       "this difference could be noise.")
+    out += ["", "| system | eval time (s) | examples/s |", "|---|---|---|"]
+    out += [f"| {s.name} | {s.seconds:.1f} | {s.examples_per_s:.1f} |" for s in report.systems]
+    if report.training:
+        out += ["", "## Training", ""] + [f"- {k}: {v}" for k, v in report.training.items()]
+    for system in report.systems[1:]:
+        out += _changed_examples(report, system)
+    return "\n".join(out) + "\n"
+
+
+def _changed_examples(report: EvalReport, system: SystemResult, limit: int = 5) -> list[str]:
+    base, task = report.system(BASE), report.task
+    changes = sorted(
+        zip(report.examples, base.predictions, system.predictions, base.example_scores, system.example_scores),
+        key=lambda row: abs(row[4] - row[3]),
+        reverse=True,
+    )
+    fixed = [(e, before, after) for e, before, after, was, now in changes if now > was]
+    broke = [(e, before, after) for e, before, after, was, now in changes if now < was]
+    out: list[str] = []
+    for title, items in ((f"Examples {system.name} fixed", fixed), (f"Examples {system.name} broke", broke)):
+        out += ["", f"## {title} ({len(items)} in all)", ""]
+        out += [f"- `{e.where}`: {json.dumps(task.shown_input(e)[-160:])} → reference {e.reference!r:.120}, "
+                f"base {task.shown_prediction(b)!r:.120}, {system.name} {task.shown_prediction(a)!r:.120}" for e, b, a in items[:limit]] or ["- none"]
+    return out
+
+
+def prediction_rows(report: EvalReport) -> list[dict[str, Any]]:
+    return [
+        {"where": e.where, "input": report.task.recorded_input(e), "reference": e.reference,
+         **{s.name: s.predictions[i] for s in report.systems}}
+        for i, e in enumerate(report.examples)
+    ]
+
+
+def write_plots(report: EvalReport, summary: dict[str, Any], out: runs.RunDir, train_log: Path | None) -> list[Path]:
+    """PNG plots: loss curves from the training log, metric bars with CI whiskers, confusion matrices."""
+    title = f"{report.task.name} on {report.split} ({len(report.examples)} examples)"
+    written = [plots.metric_bars(summary["systems"], out.metrics_plot, title)]
+    if train_log is not None:
+        written.append(plots.loss_curves(train_log, out.loss_plot))
+    for system in report.systems:
+        if system.confusion:
+            labels, matrix = system.confusion
+            written.append(plots.confusion_matrix(labels, matrix, f"{system.name}: confusion on {report.split}",
+                                                  out.confusion_plot(system.name)))
+    return [path for path in written if path is not None]
+
+
+def write_reports(report: EvalReport, folder: Path, *, train_log: Path | None = None) -> list[Path]:
+    """metrics.json, predictions.jsonl, report.md and the plots, each written atomically."""
+    out = runs.RunDir(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = to_json(report)
+    images = write_plots(report, summary, out, train_log)
+    runs.write_json(out.metrics, summary)
+    runs.write_jsonl(out.predictions, prediction_rows(report))
+    markdown = render_markdown(report) + "\n## Plots\n\n" + "".join(f"![{p.stem}]({p.name})\n" for p in images)
+    runs.write_text(out.report, markdown)
+    return [out.metrics, out.predictions, out.report, *images]

@@ -1,0 +1,49 @@
+"""The path of `ftkit eval`: the recipe's base model and any adapters, on a held-out split or any file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ftkit import runs
+from ftkit.data.prepared import ready_task
+from ftkit.data.splits import load_split
+from ftkit.errors import FtkitError
+from ftkit.evaluation import evaluator, reports
+from ftkit.models import load_model
+from ftkit.recipe import load_recipe
+from ftkit.training import adapters
+
+
+def evaluate_adapters(
+    recipe_path: Path, overrides: list[str], *, adapters: list[Path], split: str | None, data: Path | None, out: Path | None
+) -> int:
+    recipe = load_recipe(recipe_path, overrides)
+    split = split or recipe.eval.split
+    if data is not None and not data.is_file():
+        raise FtkitError(f"--data {data}: file not found")
+    task = ready_task(recipe)
+    examples = load_split(recipe, task, split, path=data).examples[: recipe.eval.max_examples]
+    loaded = load_model(recipe.model)
+    model, names = _stack_adapters(loaded.model, loaded.tokenizer, adapters)
+    report = evaluator.evaluate(task, model, loaded.tokenizer, examples, names, recipe.eval, split=data.name if data else split)
+    run = runs.RunDir(recipe.run_dir)
+    written = reports.write_reports(report, out or run.eval, train_log=run.train_log if run.train_log.is_file() else None)
+    print(reports.render_table(report))
+    print("reports: " + ", ".join(str(path) for path in written))
+    return 0
+
+
+def _stack_adapters(model: Any, tokenizer: Any, folders: list[Path]) -> tuple[Any, dict[str, str]]:
+    """Load every adapter onto one base model (switched per system), named by its folder."""
+    names: dict[str, str] = {}
+    for i, folder in enumerate(folders):
+        names[_label(folder, names)] = f"a{i}"
+        model = adapters.load(model, folder, name=f"a{i}", tokenizer=tokenizer)
+    return model, names
+
+
+def _label(folder: Path, taken: dict[str, str]) -> str:
+    """A readable name for an adapter: its run's name when it sits in runs/<name>/adapter."""
+    label = runs.adapter_name(folder)
+    return label if label not in taken else f"{label}-{len(taken)}"
