@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-fast bench bench-train bench-eval clean
+.PHONY: setup demo test test-fast lint format bench bench-train bench-eval clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,17 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+# `make lint`: what CI checks before the tests (and the pre-commit hooks run): ruff's rules and
+# formatting, and mypy over ftkit/ and tests/. `make format` applies ruff's fixes and formatting.
+lint: setup
+	$(BIN)/ruff check ftkit tests bench
+	$(BIN)/ruff format --check ftkit tests bench
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff check --fix ftkit tests bench
+	$(BIN)/ruff format ftkit tests bench
 
 # `make bench`: training speed/memory vs the stock TRL QLoRA path, then evaluation speed (estimated 12-14 min on
 # 2 idle cores; numbers taken while other work runs on the machine are not worth keeping).

@@ -16,7 +16,10 @@ SENTIMENT_RECIPE = ROOT / "recipes" / "sentiment-smollm2-qlora.yaml"
 
 def machine() -> dict[str, Any]:
     """The hardware a number was measured on; a speed without it means little."""
-    cpu = next((line.split(":", 1)[1].strip() for line in _lines("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in _lines("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
     mem_kb = next((int(line.split()[1]) for line in _lines("/proc/meminfo") if line.startswith("MemTotal")), 0)
     return {
         "cpu": cpu,

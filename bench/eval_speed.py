@@ -24,11 +24,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python bench/eval_speed.py` finds bench/common.py
 
 from common import SENTIMENT_RECIPE, machine, write_results  # noqa: E402
+
 from ftkit.data.splits import load_split
 from ftkit.evaluation.evaluator import predict_system
 from ftkit.models import load_model
 from ftkit.recipe import load_recipe
 from ftkit.tasks import get_task
+
 
 @torch.inference_mode()
 def generate_one_at_a_time(model, tokenizer, examples, labels) -> list[str]:
@@ -71,18 +73,39 @@ def main() -> None:
     rows = []
     for name, seconds in timings.items():
         median = statistics.median(seconds)
-        rows.append({"method": name, "examples": len(examples), "median_s": round(median, 2),
-                     "examples_per_s": round(len(examples) / median, 2), "accuracy": accuracy[name], "runs_s": [round(s, 2) for s in seconds]})
+        rows.append(
+            {
+                "method": name,
+                "examples": len(examples),
+                "median_s": round(median, 2),
+                "examples_per_s": round(len(examples) / median, 2),
+                "accuracy": accuracy[name],
+                "runs_s": [round(s, 2) for s in seconds],
+            }
+        )
     speedup = rows[0]["examples_per_s"] / rows[1]["examples_per_s"]
-    result = {"recipe": args.recipe, "quantization": recipe.model.quantization, "batch_size": args.batch_size,
-              "torch_threads": torch.get_num_threads(), "machine": machine(), "rows": rows, "speedup": round(speedup, 2)}
-    table = "\n".join(["| method | examples | median s | examples/s | accuracy |", "|---|---|---|---|---|"]
-                      + [f"| {row['method']} | {row['examples']} | {row['median_s']} | {row['examples_per_s']} | {row['accuracy']:.3f} |"
-                         for row in rows])
+    result = {
+        "recipe": args.recipe,
+        "quantization": recipe.model.quantization,
+        "batch_size": args.batch_size,
+        "torch_threads": torch.get_num_threads(),
+        "machine": machine(),
+        "rows": rows,
+        "speedup": round(speedup, 2),
+    }
+    table = "\n".join(
+        ["| method | examples | median s | examples/s | accuracy |", "|---|---|---|---|---|"]
+        + [
+            f"| {row['method']} | {row['examples']} | {row['median_s']} | {row['examples_per_s']} | {row['accuracy']:.3f} |"
+            for row in rows
+        ]
+    )
     out, _ = write_results("eval_speed", result, table)
     print(table)
-    print(f"\nbatched label scoring is {speedup:.1f}x faster ({recipe.model.quantization}, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads); written to {out}")
+    print(
+        f"\nbatched label scoring is {speedup:.1f}x faster ({recipe.model.quantization}, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads); written to {out}"
+    )
 
 
 if __name__ == "__main__":

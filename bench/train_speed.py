@@ -55,12 +55,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python bench/train_speed.py` finds bench/common.py
 
 import torch  # noqa: E402
+from common import ROOT, SENTIMENT_RECIPE, machine, write_results  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from common import ROOT, SENTIMENT_RECIPE, machine, write_results  # noqa: E402
-
 MODES = ("4bit", "8bit", "none")
-PLAN = {"4bit": (3, 8, ["ftkit-gc"]), "8bit": (1, 5, []), "none": (1, 5, [])}  # mode: (pairs, steps per run, extra runs)
+PLAN = {
+    "4bit": (3, 8, ["ftkit-gc"]),
+    "8bit": (1, 5, []),
+    "none": (1, 5, []),
+}  # mode: (pairs, steps per run, extra runs)
 BATCH = 8
 VARIANTS = {  # name: what it turns off or on (each is one extra run per pair)
     "ftkit-gc": ["train.gradient_checkpointing=true"],  # memory for speed
@@ -148,9 +151,18 @@ def bench_recipe(mode: str, steps: int, out: Path, extra: list[str]) -> Any:
     from ftkit.recipe import load_recipe
 
     overrides = [  # the issue's stock LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"): peft's dropout 0
-        f"model.quantization={mode}", "adapter.r=16", "adapter.alpha=32", "adapter.dropout=0.0", "adapter.target_modules=all-linear",
-        f"train.max_steps={steps}", f"train.batch_size={BATCH}", "train.grad_accum=1",
-        "train.log_every=1", "train.save_every=1000000", "data.validation=null", f"output.dir={out}",
+        f"model.quantization={mode}",
+        "adapter.r=16",
+        "adapter.alpha=32",
+        "adapter.dropout=0.0",
+        "adapter.target_modules=all-linear",
+        f"train.max_steps={steps}",
+        f"train.batch_size={BATCH}",
+        "train.grad_accum=1",
+        "train.log_every=1",
+        "train.save_every=1000000",
+        "data.validation=null",
+        f"output.dir={out}",
     ]
     return load_recipe(SENTIMENT_RECIPE, overrides + extra)
 
@@ -185,11 +197,10 @@ def heldout_loss(model: Any, recipe: Any, autocast: bool) -> float:
 
 def run_ftkit(mode: str, steps: int, out: Path, variant: str) -> dict[str, Any]:
     """The product path of `ftkit train --no-eval`: pre-flight (tokenise once), load, train, save."""
+    import ftkit.training.trainer
     from ftkit import runs
     from ftkit.data.prepared import prepare
     from ftkit.training.trainer import train
-
-    import ftkit.training.trainer
 
     if variant == "ftkit-full-head":  # ablation: the Trainer's own loss, logits at every position
         from transformers import Trainer
@@ -217,8 +228,12 @@ def trl_quantization(mode: str) -> Any:
     from transformers import BitsAndBytesConfig
 
     if mode == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch.bfloat16)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
     if mode == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return None
@@ -230,10 +245,10 @@ def run_trl(mode: str, steps: int, out: Path, variant: str) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from ftkit.training.adapters import lora_config
     from ftkit.data.splits import load_split
     from ftkit.models import resolve_source
     from ftkit.tasks import get_task
+    from ftkit.training.adapters import lora_config
 
     recipe = bench_recipe(mode, steps, out, [])
     task = get_task(recipe.task, recipe.data.max_length)
@@ -245,15 +260,34 @@ def run_trl(mode: str, steps: int, out: Path, variant: str) -> dict[str, Any]:
     t = recipe.train
     tuned = {"gradient_checkpointing": False} if variant == "trl-nogc" else {}
     config = SFTConfig(
-        output_dir=str(out), max_steps=steps, per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
-        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
-        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, seed=t.seed, max_length=recipe.data.max_length,
-        logging_steps=1, save_strategy="no", report_to="none", include_num_input_tokens_seen="non_padding",
-        disable_tqdm=True, use_cpu=not torch.cuda.is_available(), **tuned,
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=1,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        max_length=recipe.data.max_length,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        **tuned,
     )
     timer = StepTimer()
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=lora_config(recipe.adapter), callbacks=[timer])
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe.adapter),
+        callbacks=[timer],
+    )
     trainer.train()
     encoded = trainer.train_dataset
     return timer.summary() | {
@@ -326,8 +360,22 @@ def run_child(side: str, mode: str, steps: int, log: Path) -> dict[str, Any]:
             handle.write(f"\n===== {side} {mode} {steps} steps =====\n")
             handle.flush()
             done = subprocess.run(
-                [sys.executable, __file__, "--child", side, "--mode", mode, "--steps", str(steps), "--result", result.name],
-                stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ | {"TOKENIZERS_PARALLELISM": "false"},
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    side,
+                    "--mode",
+                    mode,
+                    "--steps",
+                    str(steps),
+                    "--result",
+                    result.name,
+                ],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=os.environ | {"TOKENIZERS_PARALLELISM": "false"},
             )
         if done.returncode != 0:
             raise SystemExit(f"train_speed: the {side} {mode} run failed (exit {done.returncode}); see {log}")
@@ -341,7 +389,10 @@ def ratios_to_trl(runs: list[dict[str, Any]], side: str) -> dict[str, Any]:
     out = {}
     for metric in METRICS:
         ratios = [a[metric] / b[metric] for a, b in zip(ours, theirs) if b[metric]]
-        out[metric] = {"pairs": [round(x, 3) for x in ratios], "median": round(statistics.median(ratios), 3) if ratios else None}
+        out[metric] = {
+            "pairs": [round(x, 3) for x in ratios],
+            "median": round(statistics.median(ratios), 3) if ratios else None,
+        }
     return out
 
 
@@ -350,9 +401,15 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for mode in dict.fromkeys(r["mode"] for r in runs):
         here = [r for r in runs if r["mode"] == mode]
         sides = list(dict.fromkeys(r["side"] for r in here))
-        medians = {side: {m: statistics.median(r[m] for r in here if r["side"] == side) for m in METRICS} for side in sides}
-        by_mode[mode] = {"pairs": sum(r["side"] == "trl" for r in here), "steps": here[0]["steps"], "median": medians,
-                         "ratio_to_trl": {side: ratios_to_trl(here, side) for side in sides if side != "trl"}}
+        medians = {
+            side: {m: statistics.median(r[m] for r in here if r["side"] == side) for m in METRICS} for side in sides
+        }
+        by_mode[mode] = {
+            "pairs": sum(r["side"] == "trl" for r in here),
+            "steps": here[0]["steps"],
+            "median": medians,
+            "ratio_to_trl": {side: ratios_to_trl(here, side) for side in sides if side != "trl"},
+        }
     return by_mode
 
 
@@ -365,15 +422,21 @@ def render(summary: dict[str, Any], peaks: dict[str, float]) -> str:
         label = {"4bit": "4-bit NF4", "8bit": "8-bit", "none": "unquantized"}[mode]
         where = f"{label} ({block['pairs']}x{block['steps']} steps)"
         for side, m in block["median"].items():
-            lines.append(f"| {where} | {side} | {m['input_tokens_per_s']:.1f} | {m['loss_tokens_per_s']:.2f} | {m['s_per_step']:.2f} | "
-                         f"{m['peak_rss_mb']:.0f} | {m['final_loss']:.3f} | {m['heldout_loss']:.3f} | {100 * m['mfu']:.1f} % |")
+            lines.append(
+                f"| {where} | {side} | {m['input_tokens_per_s']:.1f} | {m['loss_tokens_per_s']:.2f} | {m['s_per_step']:.2f} | "
+                f"{m['peak_rss_mb']:.0f} | {m['final_loss']:.3f} | {m['heldout_loss']:.3f} | {100 * m['mfu']:.1f} % |"
+            )
         for side, ratios in block["ratio_to_trl"].items():
-            cells = [f"**{ratios[k]['median']:.2f}x** ({', '.join(f'{x:.2f}' for x in ratios[k]['pairs'])})" for k in METRICS]
+            cells = [
+                f"**{ratios[k]['median']:.2f}x** ({', '.join(f'{x:.2f}' for x in ratios[k]['pairs'])})" for k in METRICS
+            ]
             lines.append(f"| {where} | {side} / trl | " + " | ".join(cells) + " |")
     bf16_share = peaks["float32"] / peaks["bfloat16"]
-    lines.append(f"\nMedians over runs; ratio rows: median of the per-pair ratios (each pair in brackets). "
-                 f"MFU = useful FLOP/s over the measured fp32 2048x2048 matmul peak of {peaks['float32']:.0f} GFLOP/s; "
-                 f"against the bf16 peak ({peaks['bfloat16']:.0f} GFLOP/s) multiply by {bf16_share:.2f}.")
+    lines.append(
+        f"\nMedians over runs; ratio rows: median of the per-pair ratios (each pair in brackets). "
+        f"MFU = useful FLOP/s over the measured fp32 2048x2048 matmul peak of {peaks['float32']:.0f} GFLOP/s; "
+        f"against the bf16 peak ({peaks['bfloat16']:.0f} GFLOP/s) multiply by {bf16_share:.2f}."
+    )
     return "\n".join(lines)
 
 
@@ -390,8 +453,15 @@ def plan(args: argparse.Namespace) -> list[tuple[str, int, int, list[str]]]:
         raise SystemExit(f"train_speed: --modes {','.join(unknown)}: choose from {', '.join(MODES)}")
     if args.steps is not None and args.steps < 2:
         raise SystemExit("train_speed: --steps must be at least 2 (the first step is warm-up)")
-    return [(m, args.pairs or PLAN[m][0], args.steps or PLAN[m][1], list(dict.fromkeys(["trl", "ftkit", *PLAN[m][2], *variants])))
-            for m in modes]
+    return [
+        (
+            m,
+            args.pairs or PLAN[m][0],
+            args.steps or PLAN[m][1],
+            list(dict.fromkeys(["trl", "ftkit", *PLAN[m][2], *variants])),
+        )
+        for m in modes
+    ]
 
 
 def main() -> None:
@@ -401,7 +471,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="optimizer steps per run, >= 2 (default: the plan above)")
     parser.add_argument("--quick", action="store_true", help="4-bit, 1 pair, 3 steps: does the harness work?")
     parser.add_argument("--variants", default="", help=f"extra runs in each pair, from {','.join(VARIANTS)}")
-    parser.add_argument("--name", help="results file name in bench/results (default: train_speed, or train_speed_quick)")
+    parser.add_argument(
+        "--name", help="results file name in bench/results (default: train_speed, or train_speed_quick)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -424,9 +496,12 @@ def main() -> None:
             for side in sides:
                 run = run_child(side, mode, steps, log)
                 runs.append(run)
-                print(f"{mode} pair {pair}/{pairs} {side}: {run['input_tokens_per_s']} input tokens/s, {run['s_per_step']} s/step, "
-                      f"peak {run['peak_rss_mb']} MB, final train loss {run['final_loss']}, held-out loss {run['heldout_loss']} "
-                      f"({run['process_s']} s)", flush=True)
+                print(
+                    f"{mode} pair {pair}/{pairs} {side}: {run['input_tokens_per_s']} input tokens/s, {run['s_per_step']} s/step, "
+                    f"peak {run['peak_rss_mb']} MB, final train loss {run['final_loss']}, held-out loss {run['heldout_loss']} "
+                    f"({run['process_s']} s)",
+                    flush=True,
+                )
     peaks.append(matmul_peaks())
     peak = {dtype: max(p[dtype] for p in peaks) for dtype in peaks[0]}
     for run in runs:
@@ -435,13 +510,23 @@ def main() -> None:
         run["mfu_bf16_peak"] = round(run["achieved_gflops"] / peak["bfloat16"], 4)
     summary = summarise(runs)
     table = render(summary, peak)
-    result = {"machine": machine(), "load_average_before_after": [load_before, os.getloadavg()],
-              "matmul_peak_gflops": peak, "matmul_measurements": peaks, "flop_counts": counts, "batch_size": BATCH,
-              "wall_s": round(time.perf_counter() - started, 1), "summary": summary, "runs": runs}
+    result = {
+        "machine": machine(),
+        "load_average_before_after": [load_before, os.getloadavg()],
+        "matmul_peak_gflops": peak,
+        "matmul_measurements": peaks,
+        "flop_counts": counts,
+        "batch_size": BATCH,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "summary": summary,
+        "runs": runs,
+    }
     as_json, _ = write_results(name, result, table)
     print("\n" + table)
-    print(f"\n{len(runs)} runs in {result['wall_s']} s on {result['machine']['cpu']} (torch threads: {result['machine']['torch_threads']}, "
-          f"load average {load_before[0]:.2f} before); written to {as_json}")
+    print(
+        f"\n{len(runs)} runs in {result['wall_s']} s on {result['machine']['cpu']} (torch threads: {result['machine']['torch_threads']}, "
+        f"load average {load_before[0]:.2f} before); written to {as_json}"
+    )
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ def _recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", type=Path, help="the recipe YAML file")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
 
+
 TARGET_HELP = "a run directory (runs/<name>), an adapter folder, or a model folder such as a merged export"
 
 
@@ -70,8 +71,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     if args.print:
         print(recipe.to_yaml(), end="")
-    print(f"{args.recipe}: ok (task {recipe.task.name}, model {recipe.model.source}, {recipe.model.quantization}, "
-          f"run dir {recipe.run_dir})")
+    print(
+        f"{args.recipe}: ok (task {recipe.task.name}, model {recipe.model.source}, {recipe.model.quantization}, "
+        f"run dir {recipe.run_dir})"
+    )
     return 0
 
 
@@ -97,8 +100,13 @@ def add_train(commands: Commands) -> None:
     mode.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     mode.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
     train.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation after training")
-    train.add_argument("--nproc", type=int, metavar="N", help="train in N data-parallel processes, started by torchrun "
-                       "(CPU, gloo) or accelerate launch (CUDA GPUs, one process per GPU); only the main process writes")
+    train.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train in N data-parallel processes, started by torchrun "
+        "(CPU, gloo) or accelerate launch (CUDA GPUs, one process per GPU); only the main process writes",
+    )
     train.set_defaults(run=cmd_train)
 
 
@@ -108,9 +116,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc is not None and args.nproc != 1:
         # The launcher's processes run this same command without --nproc.
         child = ["--debug"] * args.debug + ["train", str(args.recipe), *args.overrides]
-        child += [flag for flag, on in (("--overwrite", args.overwrite), ("--resume", args.resume), ("--no-eval", args.no_eval)) if on]
-        return train_in_processes(args.nproc, args.recipe, args.overrides, child, overwrite=args.overwrite, resume=args.resume)
-    return train_and_evaluate(args.recipe, args.overrides, overwrite=args.overwrite, resume=args.resume, evaluate=not args.no_eval)
+        child += [
+            flag
+            for flag, on in (("--overwrite", args.overwrite), ("--resume", args.resume), ("--no-eval", args.no_eval))
+            if on
+        ]
+        return train_in_processes(
+            args.nproc, args.recipe, args.overrides, child, overwrite=args.overwrite, resume=args.resume
+        )
+    return train_and_evaluate(
+        args.recipe, args.overrides, overwrite=args.overwrite, resume=args.resume, evaluate=not args.no_eval
+    )
 
 
 def add_data(commands: Commands) -> None:
@@ -152,7 +168,9 @@ def add_eval(commands: Commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _recipe_args(evaluate)
-    evaluate.add_argument("--adapter", type=Path, action="append", default=[], metavar="DIR", help="adapter folder (repeatable)")
+    evaluate.add_argument(
+        "--adapter", type=Path, action="append", default=[], metavar="DIR", help="adapter folder (repeatable)"
+    )
     evaluate.add_argument("--split", choices=["test", "validation"], help="held-out split (default: eval.split)")
     evaluate.add_argument("--data", type=Path, help="evaluate on this file instead of a recipe split")
     evaluate.add_argument("--out", type=Path, help="where to write reports (default: <run dir>/eval)")
@@ -162,7 +180,9 @@ def add_eval(commands: Commands) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from ftkit.evaluation.workflow import evaluate_adapters
 
-    return evaluate_adapters(args.recipe, args.overrides, adapters=args.adapter, split=args.split, data=args.data, out=args.out)
+    return evaluate_adapters(
+        args.recipe, args.overrides, adapters=args.adapter, split=args.split, data=args.data, out=args.out
+    )
 
 
 def add_compare(commands: Commands) -> None:
@@ -215,18 +235,36 @@ def add_merge(commands: Commands) -> None:
         "  ftkit eval recipes/sentiment-smollm2-qlora.yaml --adapter runs/ab-ties/adapter --adapter runs/a/adapter",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    merge.add_argument("target", type=Path, nargs="?", metavar="RUN_DIR|ADAPTER_DIR", help="the run or adapter to merge")
-    merge.add_argument("--out", type=Path, required=True, help="output folder (refused if it exists, unless --overwrite)")
-    merge.add_argument("--dtype", choices=list(DTYPE_CHOICES), default="bf16", help="dtype of the saved weights (default: bf16)")
-    merge.add_argument("--base", choices=["dequantized", "original"], default="dequantized",
-                       help="for adapters trained on a 4-/8-bit base: merge into dequant(quant(W)) (default, reproduces "
-                       "the evaluated adapter) or into the original full-precision weights")
+    merge.add_argument(
+        "target", type=Path, nargs="?", metavar="RUN_DIR|ADAPTER_DIR", help="the run or adapter to merge"
+    )
+    merge.add_argument(
+        "--out", type=Path, required=True, help="output folder (refused if it exists, unless --overwrite)"
+    )
+    merge.add_argument(
+        "--dtype", choices=list(DTYPE_CHOICES), default="bf16", help="dtype of the saved weights (default: bf16)"
+    )
+    merge.add_argument(
+        "--base",
+        choices=["dequantized", "original"],
+        default="dequantized",
+        help="for adapters trained on a 4-/8-bit base: merge into dequant(quant(W)) (default, reproduces "
+        "the evaluated adapter) or into the original full-precision weights",
+    )
     merge.add_argument("--probes", type=int, default=8, metavar="N", help="held-out prompts to verify on (default: 8)")
-    merge.add_argument("--adapters", type=Path, nargs="+", metavar="DIR", help="combine these adapters (instead of merging)")
+    merge.add_argument(
+        "--adapters", type=Path, nargs="+", metavar="DIR", help="combine these adapters (instead of merging)"
+    )
     merge.add_argument("--weights", type=float, nargs="+", help="one weight per --adapters entry")
-    merge.add_argument("--method", choices=["linear", "cat", "ties", "dare_ties", "dare_linear", "svd"], default="linear",
-                       help="how --adapters are combined (peft add_weighted_adapter; linear needs equal ranks)")
-    merge.add_argument("--density", type=float, default=0.5, help="share of weights kept by ties/dare methods (default: 0.5)")
+    merge.add_argument(
+        "--method",
+        choices=["linear", "cat", "ties", "dare_ties", "dare_linear", "svd"],
+        default="linear",
+        help="how --adapters are combined (peft add_weighted_adapter; linear needs equal ranks)",
+    )
+    merge.add_argument(
+        "--density", type=float, default=0.5, help="share of weights kept by ties/dare methods (default: 0.5)"
+    )
     merge.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     merge.set_defaults(run=cmd_merge)
 
@@ -237,12 +275,18 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if args.adapters:
         if args.target:
             raise FtkitError("give either RUN_DIR|ADAPTER_DIR (merge) or --adapters (combine), not both")
-        out = merge.combine(args.adapters, args.weights or [], args.method, args.out, density=args.density, overwrite=args.overwrite)
-        print(f"combined {len(args.adapters)} adapters ({args.method}) -> {out}; evaluate it with: ftkit eval RECIPE --adapter {out}")
+        out = merge.combine(
+            args.adapters, args.weights or [], args.method, args.out, density=args.density, overwrite=args.overwrite
+        )
+        print(
+            f"combined {len(args.adapters)} adapters ({args.method}) -> {out}; evaluate it with: ftkit eval RECIPE --adapter {out}"
+        )
         return 0
     if args.target is None:
         raise FtkitError("ftkit merge: give RUN_DIR|ADAPTER_DIR to merge, or --adapters A B --weights ... to combine")
-    result = merge.merge(args.target, args.out, dtype=args.dtype, base_policy=args.base, count=args.probes, overwrite=args.overwrite)
+    result = merge.merge(
+        args.target, args.out, dtype=args.dtype, base_policy=args.base, count=args.probes, overwrite=args.overwrite
+    )
     print(merge.render(result))
     return 0
 
@@ -267,10 +311,17 @@ def add_export(commands: Commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     export.add_argument("target", type=Path, metavar="RUN_DIR|ADAPTER_DIR", help="the run or adapter to export")
-    export.add_argument("--format", required=True, choices=["adapter", "safetensors", "gguf", "ollama"], help="what to write")
-    export.add_argument("--out", type=Path, required=True, help="output folder (refused if it exists, unless --overwrite)")
-    export.add_argument("--dtype", choices=["bf16", "fp16", "fp32", "f16", "f32"],
-                        help="weights dtype: bf16|fp16|fp32 for safetensors (default bf16), f16|f32 for gguf/ollama (default f16)")
+    export.add_argument(
+        "--format", required=True, choices=["adapter", "safetensors", "gguf", "ollama"], help="what to write"
+    )
+    export.add_argument(
+        "--out", type=Path, required=True, help="output folder (refused if it exists, unless --overwrite)"
+    )
+    export.add_argument(
+        "--dtype",
+        choices=["bf16", "fp16", "fp32", "f16", "f32"],
+        help="weights dtype: bf16|fp16|fp32 for safetensors (default bf16), f16|f32 for gguf/ollama (default f16)",
+    )
     export.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     export.set_defaults(run=cmd_export)
 
@@ -300,17 +351,28 @@ def add_chat(commands: Commands) -> None:
     )
     chat.add_argument("target", type=Path, metavar="TARGET", help=TARGET_HELP)
     chat.add_argument("--system", metavar="TEXT", help="system prompt (default: the chat template's own, if any)")
-    chat.add_argument("--max-new-tokens", type=int, default=256, metavar="N", help="longest answer, in tokens (default 256)")
-    chat.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default); e.g. 0.7 samples")
-    chat.add_argument("--quantization", choices=["none", "4bit", "8bit"], help="load the base this way (default: as trained)")
+    chat.add_argument(
+        "--max-new-tokens", type=int, default=256, metavar="N", help="longest answer, in tokens (default 256)"
+    )
+    chat.add_argument(
+        "--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default); e.g. 0.7 samples"
+    )
+    chat.add_argument(
+        "--quantization", choices=["none", "4bit", "8bit"], help="load the base this way (default: as trained)"
+    )
     chat.set_defaults(run=cmd_chat)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from ftkit.serving.chat import run_chat
 
-    return run_chat(args.target, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                    quantization=args.quantization)
+    return run_chat(
+        args.target,
+        system=args.system,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        quantization=args.quantization,
+    )
 
 
 def add_serve(commands: Commands) -> None:
@@ -318,8 +380,8 @@ def add_serve(commands: Commands) -> None:
         "serve",
         help="serve the base model and adapters over an OpenAI-compatible HTTP API",
         description="Serve one base model and any number of adapters trained on it through an OpenAI-compatible "
-        "API: POST /v1/chat/completions (streamed with \"stream\": true, or not), GET /v1/models, GET /health. "
-        "A request's \"model\" picks the system: \"base\" (adapters off) or an adapter by its run's name. Requests "
+        'API: POST /v1/chat/completions (streamed with "stream": true, or not), GET /v1/models, GET /health. '
+        'A request\'s "model" picks the system: "base" (adapters off) or an adapter by its run\'s name. Requests '
         "are answered one at a time. Bodies over 1 MB get 413, other bad requests 400/404 with an OpenAI-style "
         "error; when the environment variable named by --api-key-env is set, requests need "
         "'Authorization: Bearer <key>' (401 otherwise).",
@@ -329,34 +391,63 @@ def add_serve(commands: Commands) -> None:
         "\n"
         "  curl http://127.0.0.1:8000/v1/models\n"
         "  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-        "       -d '{\"model\": \"customer-service-smollm2-lora-8bit\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], "
-        "\"max_tokens\": 64}'\n"
+        '       -d \'{"model": "customer-service-smollm2-lora-8bit", "messages": [{"role": "user", "content": "Hi"}], '
+        '"max_tokens": 64}\'\n'
         "\n"
         "  from openai import OpenAI      # pip install openai\n"
-        "  client = OpenAI(base_url=\"http://127.0.0.1:8000/v1\", api_key=\"s3cret\")   (any text when no key is set)\n"
-        "  reply = client.chat.completions.create(model=\"base\", messages=[{\"role\": \"user\", \"content\": \"Hi\"}])\n"
+        '  client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="s3cret")   (any text when no key is set)\n'
+        '  reply = client.chat.completions.create(model="base", messages=[{"role": "user", "content": "Hi"}])\n'
         "  print(reply.choices[0].message.content)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("targets", type=Path, nargs="+", metavar="TARGET", help=TARGET_HELP + "; all on one base model")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)"
+    )
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
-    serve.add_argument("--api-key-env", default="FTKIT_API_KEY", metavar="VAR",
-                       help="environment variable holding the API key (default FTKIT_API_KEY; unset = no key)")
-    serve.add_argument("--max-new-tokens-limit", type=int, default=512, metavar="N",
-                       help="largest max_tokens a request may ask for, and the default (default 512)")
-    serve.add_argument("--quantization", choices=["none", "4bit", "8bit"], help="load the base this way (default: as trained)")
+    serve.add_argument(
+        "--api-key-env",
+        default="FTKIT_API_KEY",
+        metavar="VAR",
+        help="environment variable holding the API key (default FTKIT_API_KEY; unset = no key)",
+    )
+    serve.add_argument(
+        "--max-new-tokens-limit",
+        type=int,
+        default=512,
+        metavar="N",
+        help="largest max_tokens a request may ask for, and the default (default 512)",
+    )
+    serve.add_argument(
+        "--quantization", choices=["none", "4bit", "8bit"], help="load the base this way (default: as trained)"
+    )
     serve.set_defaults(run=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ftkit.serving.server import serve
 
-    return serve(args.targets, host=args.host, port=args.port, api_key_env=args.api_key_env,
-                 max_new_tokens_limit=args.max_new_tokens_limit, quantization=args.quantization)
+    return serve(
+        args.targets,
+        host=args.host,
+        port=args.port,
+        api_key_env=args.api_key_env,
+        max_new_tokens_limit=args.max_new_tokens_limit,
+        quantization=args.quantization,
+    )
 
 
-COMMANDS: tuple[Callable[[Commands], None], ...] = (add_validate, add_train, add_data, add_eval, add_compare, add_merge, add_export, add_chat, add_serve)
+COMMANDS: tuple[Callable[[Commands], None], ...] = (
+    add_validate,
+    add_train,
+    add_data,
+    add_eval,
+    add_compare,
+    add_merge,
+    add_export,
+    add_chat,
+    add_serve,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -417,8 +508,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         if error.errno != errno.ENOSPC or args.debug:
             raise
-        print(f"ftkit: error: the disk is full ({error.filename or 'while writing'}); completed checkpoints and "
-              "earlier files are intact: free space, then continue with --resume", file=sys.stderr)
+        print(
+            f"ftkit: error: the disk is full ({error.filename or 'while writing'}); completed checkpoints and "
+            "earlier files are intact: free space, then continue with --resume",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     except KeyboardInterrupt:
         resume = "; completed checkpoints are kept (resume with --resume)" if args.command == "train" else ""

@@ -114,7 +114,9 @@ def base_config(adapter_dir: Path) -> ModelConfig:
     config = adapter_dir / ADAPTER_CONFIG
     source = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path") if config.is_file() else None
     if not source:
-        raise LineageError(f"{adapter_dir}: no manifest lineage and no base_model_name_or_path; cannot tell its base model")
+        raise LineageError(
+            f"{adapter_dir}: no manifest lineage and no base_model_name_or_path; cannot tell its base model"
+        )
     return ModelConfig.model_validate({"source": source, "quantization": "none"}, context={"base_dir": adapter_dir})
 
 
@@ -132,7 +134,9 @@ def recipe_model(recipe_path: Path) -> ModelConfig:
         raise LineageError(f"{recipe_path}: {key}: {first['msg'].removeprefix('Value error, ')}") from None
     except (yaml.YAMLError, AttributeError, UnicodeDecodeError) as error:
         problem = str(error).splitlines()[0]
-        raise LineageError(f"{recipe_path}: cannot read its model section ({problem}); is it a recipe ftkit wrote?") from None
+        raise LineageError(
+            f"{recipe_path}: cannot read its model section ({problem}); is it a recipe ftkit wrote?"
+        ) from None
 
 
 def check(adapter_dir: Path, source: str, tokenizer: Any | None) -> list[str]:

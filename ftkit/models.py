@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from ftkit.training import distributed
 from ftkit.errors import FtkitError
 from ftkit.recipe import ModelConfig
 from ftkit.runs import sha256_file
+from ftkit.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,10 @@ def quantization_config(cfg: ModelConfig) -> Any:
         )
     if cfg.quantization == "8bit":
         if sharded:
-            raise ModelError("model.quantization: 8bit weights cannot be sharded by FSDP or DeepSpeed ZeRO-3; "
-                             "use 4bit (QLoRA) or none, or launch with DDP or ZeRO-2")
+            raise ModelError(
+                "model.quantization: 8bit weights cannot be sharded by FSDP or DeepSpeed ZeRO-3; "
+                "use 4bit (QLoRA) or none, or launch with DDP or ZeRO-2"
+            )
         return BitsAndBytesConfig(load_in_8bit=True)
     return None
 
@@ -233,7 +235,11 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
                 device_map=distributed.device_map(quant is not None),
             )
     except (OSError, ValueError) as error:  # missing files, no network for a hub id, unknown format
-        hint = "; it is not a local folder, and hub ids need a network (HF_HUB_OFFLINE is set)" if _offline_hub_id(source) else ""
+        hint = (
+            "; it is not a local folder, and hub ids need a network (HF_HUB_OFFLINE is set)"
+            if _offline_hub_id(source)
+            else ""
+        )
         raise ModelError(f"cannot load model '{cfg.source}': {str(error).splitlines()[0]}{hint}") from error
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))

@@ -102,9 +102,13 @@ class AdapterConfig(Section):
     @classmethod
     def _modules(cls, value: Any) -> Any:
         """One clear message instead of one per member of the union."""
-        if value == "all-linear" or (isinstance(value, list) and value and all(isinstance(m, str) and m for m in value)):
+        if value == "all-linear" or (
+            isinstance(value, list) and value and all(isinstance(m, str) and m for m in value)
+        ):
             return value
-        raise ValueError(f"must be 'all-linear' or a non-empty list of module names, e.g. [q_proj, v_proj] (got {value!r:.60})")
+        raise ValueError(
+            f"must be 'all-linear' or a non-empty list of module names, e.g. [q_proj, v_proj] (got {value!r:.60})"
+        )
 
 
 DataSource = str | dict[str, str]
@@ -128,7 +132,9 @@ class DataConfig(Section):
     train: DataSource = Field(description="a file, 'file.json#key', or {column: file} for parallel line files")
     validation: DataSource | None = None
     test: DataSource | None = None
-    split: SplitConfig | None = Field(default=None, description="split train by content hash when validation/test files are absent")
+    split: SplitConfig | None = Field(
+        default=None, description="split train by content hash when validation/test files are absent"
+    )
     columns: dict[str, str] = Field(
         default_factory=dict, description="task column -> column in the files, e.g. {text: review_body}"
     )
@@ -138,12 +144,15 @@ class DataConfig(Section):
         description="'auto' picks by file extension; 'squad' flattens SQuAD JSON; 'lines' parses each line with line_pattern",
     )
     line_pattern: str | None = Field(
-        default=None, description="for format 'lines': a regex whose named groups become columns, e.g. '^(?P<label>[01]) (?P<text>.*)$'"
+        default=None,
+        description="for format 'lines': a regex whose named groups become columns, e.g. '^(?P<label>[01]) (?P<text>.*)$'",
     )
 
     bad_rows: Literal["fail", "skip"] = Field(default="fail", description="'skip' drops bad rows and reports the count")
     allow_overlap: bool = Field(default=False, description="let exact train/test duplicates through (not recommended)")
-    near_duplicate_jaccard: float = Field(default=0.8, gt=0, le=1, description="word-trigram Jaccard that counts as a near duplicate")
+    near_duplicate_jaccard: float = Field(
+        default=0.8, gt=0, le=1, description="word-trigram Jaccard that counts as a near duplicate"
+    )
 
     _sources = field_validator("train", "validation", "test", mode="before")(_resolve_source)
 
@@ -178,7 +187,9 @@ class TrainConfig(Section):
     weight_decay: float = Field(default=0.0, ge=0)
     max_grad_norm: float = Field(default=1.0, gt=0)
     seed: int = 42
-    eval_every: int | None = Field(default=None, ge=1, description="steps between validation losses; default once per epoch")
+    eval_every: int | None = Field(
+        default=None, ge=1, description="steps between validation losses; default once per epoch"
+    )
     save_every: int = Field(default=50, ge=1, description="steps between checkpoints")
     keep_checkpoints: int = Field(default=2, ge=1)
     log_every: int = Field(default=5, ge=1, description="steps between log lines")
@@ -219,7 +230,9 @@ class Recipe(Section):
         known = get_task(self.task, self.data.max_length).metrics
         unknown = [m for m in self.eval.metrics or [] if m not in known]
         if unknown:
-            raise ValueError(f"eval.metrics {unknown} are not metrics of task '{self.task.name}'; choose from {list(known)}")
+            raise ValueError(
+                f"eval.metrics {unknown} are not metrics of task '{self.task.name}'; choose from {list(known)}"
+            )
         return self
 
     @property
@@ -235,7 +248,10 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Read, override and validate a recipe, or raise `RecipeError` listing every problem."""
     path = Path(path)
     raw, lines = _read_yaml(path)
-    raw = {key: {} if value is None and key in Recipe.model_fields and key != "name" else value for key, value in raw.items()}
+    raw = {
+        key: {} if value is None and key in Recipe.model_fields and key != "name" else value
+        for key, value in raw.items()
+    }
     origins = {tuple(k): str(path) + (f":{n}" if n else "") for k, n in lines.items()}
     for override in overrides:
         for keys in _apply_override(raw, override):
@@ -310,7 +326,9 @@ def _describe(problem: dict[str, Any], path: str, origins: dict[tuple[str, ...],
     dotted = ".".join(keys) or "recipe"
     kind = problem["type"]
     located = [*keys, "name"] if kind.startswith("union_tag") else keys  # a task's tag sits on its `name:` line
-    where = next((origins[tuple(located[:n])] for n in range(len(located), 0, -1) if tuple(located[:n]) in origins), path)
+    where = next(
+        (origins[tuple(located[:n])] for n in range(len(located), 0, -1) if tuple(located[:n]) in origins), path
+    )
     if kind == "extra_forbidden":
         return f"{where}: unknown key '{dotted}'{_did_you_mean(keys[-1], allowed)}"
     if kind == "missing":
@@ -344,7 +362,11 @@ def _walk(loc: tuple[Any, ...]) -> tuple[list[str], list[str]]:
         if field is None:
             model = None
             continue
-        members = [a for a in (get_args(field.annotation) or (field.annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        members = [
+            a
+            for a in (get_args(field.annotation) or (field.annotation,))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
         if field.discriminator and parts:
             tag = parts.pop(0)
             members = [m for m in members if get_args(m.model_fields["name"].annotation) == (tag,)]

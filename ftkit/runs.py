@@ -156,7 +156,9 @@ def locked(run: RunDir) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunError(f"{run.path} is in use by another ftkit process; wait for it or choose another output.dir") from None
+            raise RunError(
+                f"{run.path} is in use by another ftkit process; wait for it or choose another output.dir"
+            ) from None
         try:
             yield
         finally:

@@ -62,8 +62,7 @@ def write_recipe_text(folder: Path, extra: str = "", train: str = "train.jsonl")
         f"  train: {train}\n"  # 4
         "  test: test.jsonl\n"  # 5
         "output:\n"  # 6
-        f"  dir: {folder / 'run'}\n"  # 7
-        + extra,
+        f"  dir: {folder / 'run'}\n" + extra,  # 7
         encoding="utf-8",
     )
     return path
@@ -114,7 +113,13 @@ def test_validate_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["frobnicate"], ["train"], ["train", "r.yaml", "--resume", "--overwrite"], ["eval", "r.yaml", "--split", "dev"]],
+    [
+        [],
+        ["frobnicate"],
+        ["train"],
+        ["train", "r.yaml", "--resume", "--overwrite"],
+        ["eval", "r.yaml", "--split", "dev"],
+    ],
     ids=["no-command", "unknown-command", "no-recipe", "resume-and-overwrite", "bad-split"],
 )
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
@@ -153,7 +158,12 @@ def test_validate_print_shows_resolved_recipe_with_overrides(capsys: pytest.Capt
     "command, extra, train, expected",
     [
         ("validate", "adapter:\n  rr: 8\n", "train.jsonl", ":9: unknown key 'adapter.rr' (did you mean 'r'?)"),
-        ("validate", "train:\n  batch_size: eight\n", "train.jsonl", ":9: train.batch_size: Input should be a valid integer"),
+        (
+            "validate",
+            "train:\n  batch_size: eight\n",
+            "train.jsonl",
+            ":9: train.batch_size: Input should be a valid integer",
+        ),
         ("validate", "", "missing.jsonl", ":4: data.train: file not found: "),
         ("train", "trian:\n  max_steps: 1\n", "train.jsonl", ":8: unknown key 'trian' (did you mean 'train'?)"),
         ("eval", "train:\n  batch_size: eight\n", "train.jsonl", ":9: train.batch_size: "),
@@ -173,7 +183,9 @@ def test_bad_recipe_is_one_error_line(
 
 
 def test_several_problems_each_on_its_own_error_line(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(["validate", str(recipe), "adapter.r=0", "adapter.dropout=1.5", "model.quantization=2bit"], capsys)
+    code, out, err = run(
+        ["validate", str(recipe), "adapter.r=0", "adapter.dropout=1.5", "model.quantization=2bit"], capsys
+    )
     messages = assert_user_error(code, out, err)
     assert len(messages) == 3
     assert {m.split(":")[0] for m in messages} == {

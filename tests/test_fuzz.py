@@ -23,14 +23,58 @@ from ftkit.data.splits import load_split
 from ftkit.recipe import RecipeError, load_recipe
 from ftkit.tasks import get_task
 
+
 def cases(n: int) -> settings:
-    return settings(max_examples=n, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
-KEYS = ["model", "adapter", "task", "data", "train", "eval", "output", "name", "source", "quantization", "r", "alpha",
-        "dropout", "target_modules", "labels", "prompt_template", "max_length", "epochs", "max_steps", "batch_size",
-        "learning_rate", "split", "columns", "format", "line_pattern", "metrics", "bad_rows", "trian", "adaptr", "seed"]
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
-                    st.text(max_size=40), st.sampled_from(["4bit", "sentiment", "qa", "chat", "default", "all-linear", "lines"]))
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS), inner, max_size=5), max_leaves=12)
+    return settings(
+        max_examples=n, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+    )
+
+
+KEYS = [
+    "model",
+    "adapter",
+    "task",
+    "data",
+    "train",
+    "eval",
+    "output",
+    "name",
+    "source",
+    "quantization",
+    "r",
+    "alpha",
+    "dropout",
+    "target_modules",
+    "labels",
+    "prompt_template",
+    "max_length",
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "learning_rate",
+    "split",
+    "columns",
+    "format",
+    "line_pattern",
+    "metrics",
+    "bad_rows",
+    "trian",
+    "adaptr",
+    "seed",
+]
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True),
+    st.text(max_size=40),
+    st.sampled_from(["4bit", "sentiment", "qa", "chat", "default", "all-linear", "lines"]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS), inner, max_size=5),
+    max_leaves=12,
+)
 
 
 def _check_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> int:
@@ -63,8 +107,13 @@ def test_structured_recipes_validate_or_fail_in_one_line(tree, tmp_path_factory,
 
 
 @cases(500)
-@given(raw=st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode),
-                     st.text(alphabet=string.printable, min_size=5000, max_size=20000).map(str.encode)))
+@given(
+    raw=st.one_of(
+        st.binary(max_size=300),
+        st.text(max_size=300).map(str.encode),
+        st.text(alphabet=string.printable, min_size=5000, max_size=20000).map(str.encode),
+    )
+)
 def test_junk_recipe_files_fail_in_one_line(raw, tmp_path_factory, capsys) -> None:
     path = tmp_path_factory.mktemp("junk") / "r.yaml"
     path.write_bytes(raw)
@@ -78,8 +127,9 @@ def test_junk_overrides_fail_in_one_line(overrides, capsys) -> None:
     _check_cli(["validate", str(recipe), *[o for o in overrides if not o.startswith("-")]], capsys)
 
 
-rows = st.dictionaries(st.sampled_from(["text", "label", "question", "answer", "context", "messages", "extra"]),
-                       values, max_size=4)
+rows = st.dictionaries(
+    st.sampled_from(["text", "label", "question", "answer", "context", "messages", "extra"]), values, max_size=4
+)
 
 
 @cases(400)
@@ -88,7 +138,9 @@ def test_malformed_rows_are_data_errors_naming_the_row(task, data, tmp_path_fact
     folder = tmp_path_factory.mktemp("rows")
     path = folder / "d.jsonl"
     path.write_text("".join(json.dumps(row, default=str) + "\n" for row in data))
-    (folder / "r.yaml").write_text(yaml.safe_dump({"task": {"name": task}, "data": {"train": str(path), "test": str(path)}}))
+    (folder / "r.yaml").write_text(
+        yaml.safe_dump({"task": {"name": task}, "data": {"train": str(path), "test": str(path)}})
+    )
     recipe = load_recipe(folder / "r.yaml")
     task_ = get_task(recipe.task, 64)
     try:
@@ -103,7 +155,9 @@ def test_junk_data_files_are_data_errors(raw, suffix, tmp_path_factory, tokenize
     folder = tmp_path_factory.mktemp("junkdata")
     path = folder / f"d{suffix}"
     path.write_bytes(raw)
-    (folder / "r.yaml").write_text(yaml.safe_dump({"task": {"name": "sentiment"}, "data": {"train": str(path), "test": str(path)}}))
+    (folder / "r.yaml").write_text(
+        yaml.safe_dump({"task": {"name": "sentiment"}, "data": {"train": str(path), "test": str(path)}})
+    )
     try:
         recipe = load_recipe(folder / "r.yaml")
         task = get_task(recipe.task, 64)
@@ -114,13 +168,19 @@ def test_junk_data_files_are_data_errors(raw, suffix, tmp_path_factory, tokenize
 
 @cases(40)
 @given(data=st.lists(rows, min_size=1, max_size=4))
-def test_train_on_bad_data_fails_before_creating_a_run_directory(data, tmp_path_factory, tiny_model_dir, capsys) -> None:
+def test_train_on_bad_data_fails_before_creating_a_run_directory(
+    data, tmp_path_factory, tiny_model_dir, capsys
+) -> None:
     folder = tmp_path_factory.mktemp("train")
     path = folder / "d.jsonl"
     path.write_text("".join(json.dumps(row, default=str) + "\n" for row in data))
-    recipe = {"model": {"source": str(tiny_model_dir), "quantization": "none"}, "task": {"name": "sentiment"},
-              "data": {"train": str(path), "test": str(path), "allow_overlap": True},
-              "train": {"max_steps": 1}, "output": {"dir": str(folder / "run")}}
+    recipe = {
+        "model": {"source": str(tiny_model_dir), "quantization": "none"},
+        "task": {"name": "sentiment"},
+        "data": {"train": str(path), "test": str(path), "allow_overlap": True},
+        "train": {"max_steps": 1},
+        "output": {"dir": str(folder / "run")},
+    }
     (folder / "r.yaml").write_text(yaml.safe_dump(recipe))
     if _check_cli(["train", str(folder / "r.yaml"), "--no-eval"], capsys) == 2:
         assert not (folder / "run").exists()

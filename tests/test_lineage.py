@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from ftkit import lineage
-from ftkit.training import adapters
 from ftkit.models import load_model
 from ftkit.recipe import ModelConfig
 from ftkit.runs import RunDir
+from ftkit.training import adapters
 
 
 def test_adapter_manifest_records_its_lineage(trained_run, tiny_model_dir) -> None:
@@ -22,7 +22,9 @@ def test_adapter_manifest_records_its_lineage(trained_run, tiny_model_dir) -> No
     assert record["base_model"]["resolved"] == str(tiny_model_dir)
     assert record["base_model"]["fingerprint"] == lineage.base_fingerprint(str(tiny_model_dir))
     assert record["model"]["quantization"] == "none" and record["recipe"] == "lin"
-    assert all(len(record[k]) == 64 for k in ("recipe_sha256", "tokenizer_sha256", "chat_template_sha256", "data_sha256"))
+    assert all(
+        len(record[k]) == 64 for k in ("recipe_sha256", "tokenizer_sha256", "chat_template_sha256", "data_sha256")
+    )
     config = lineage.base_config(adapter)
     assert (config.source, config.quantization, config.compute_dtype) == (str(tiny_model_dir), "none", "float32")
 

@@ -119,7 +119,9 @@ def test_unknown_key_with_nothing_close_has_no_suggestion(folder: Path) -> None:
     ],
     ids=["type", "dropout-range", "rank-range", "literal", "lr-range", "max-length-range"],
 )
-def test_bad_value_is_one_line_naming_key_and_line(folder: Path, extra: str, key: str, line: int, fragment: str) -> None:
+def test_bad_value_is_one_line_naming_key_and_line(
+    folder: Path, extra: str, key: str, line: int, fragment: str
+) -> None:
     path = write(folder, BASE + extra)
     [problem] = problems(path)
     assert problem.startswith(f"{path}:{line}: {key}: ")
@@ -188,7 +190,9 @@ def test_paths_resolve_relative_to_recipe_folder(tmp_path: Path, monkeypatch: py
 
 def test_subfolder_recipe_with_parent_relative_path(tmp_path: Path) -> None:
     data = _jsonl(tmp_path / "x.jsonl")
-    path = write(tmp_path, "task: {name: sentiment}\ndata:\n  train: ../x.jsonl\n  test: ../x.jsonl\n", name="sub/r.yaml")
+    path = write(
+        tmp_path, "task: {name: sentiment}\ndata:\n  train: ../x.jsonl\n  test: ../x.jsonl\n", name="sub/r.yaml"
+    )
     assert load_recipe(path).data.train == str(data.resolve())
     # The same relative path from the top folder points outside tmp_path's data: an error there.
     top = write(tmp_path, path.read_text(), name="top.yaml")
@@ -223,7 +227,9 @@ def test_missing_data_section(folder: Path) -> None:
     assert problems(path) == [f"{path}: missing required key 'data'"]
 
 
-@pytest.mark.parametrize("labels", ["[positive]", "[a, a]", "[a, ' ']", "[]"], ids=["one", "duplicate", "blank", "empty"])
+@pytest.mark.parametrize(
+    "labels", ["[positive]", "[a, a]", "[a, ' ']", "[]"], ids=["one", "duplicate", "blank", "empty"]
+)
 def test_sentiment_labels_need_two_distinct_non_empty(folder: Path, labels: str) -> None:
     path = write(folder, BASE.replace("  name: sentiment\n", f"  name: sentiment\n  labels: {labels}\n"))
     [problem] = problems(path)
@@ -300,7 +306,9 @@ def test_bad_override_value_is_blamed_on_the_override(folder: Path) -> None:
 
 def test_override_that_creates_a_typo_section_is_blamed_on_the_override(folder: Path) -> None:
     path = write(folder, BASE)
-    assert problems(path, ["trian.max_steps=3"]) == ["override 'trian.max_steps=3': unknown key 'trian' (did you mean 'train'?)"]
+    assert problems(path, ["trian.max_steps=3"]) == [
+        "override 'trian.max_steps=3': unknown key 'trian' (did you mean 'train'?)"
+    ]
 
 
 def test_override_of_task_name_is_blamed_on_the_override(folder: Path) -> None:
@@ -384,7 +392,12 @@ def test_to_yaml_round_trips(folder: Path, tmp_path: Path, source: str) -> None:
         path = write(folder, BASE + "eval:\n  split: validation\n  metrics: [accuracy]\n")
         recipe = load_recipe(
             path,
-            ["adapter.target_modules=[q_proj,v_proj]", "data.columns.text=review", "output.dir=out/run", "train.max_steps=7"],
+            [
+                "adapter.target_modules=[q_proj,v_proj]",
+                "data.columns.text=review",
+                "output.dir=out/run",
+                "train.max_steps=7",
+            ],
         )
     dumped = recipe.to_yaml()
     again_path = tmp_path / "dumped" / "resolved.yaml"  # another folder: paths must be absolute
@@ -426,4 +439,3 @@ def test_model_source_local_paths_become_absolute(folder: Path) -> None:
     assert recipe.model.source == str((folder / "models" / "mine").resolve())
     recipe = load_recipe(write(folder, BASE + "model:\n  source: weights.gguf\n"))
     assert recipe.model.source == str((folder / "weights.gguf").resolve())
-

@@ -23,7 +23,9 @@ TRAIN = {"max_steps": 30, "save_every": 3, "batch_size": 2, "learning_rate": 5e-
 
 def _ftkit(*args: str) -> subprocess.Popen:
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "ftkit.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ftkit.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
 
 
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(write_recipe) -> None:

@@ -56,10 +56,18 @@ def render_report(recipe: Recipe, result: PreparedData) -> str:
     labels = Counter(label for e in result.splits["train"].examples if (label := task.label_of(e)) is not None)
     total = sum(labels.values())
     if labels and len(labels) <= 20:
-        lines.append("label balance (train): " + ", ".join(f"{k} {v} ({100 * v / total:.1f}%)" for k, v in sorted(labels.items())))
+        lines.append(
+            "label balance (train): "
+            + ", ".join(f"{k} {v} ({100 * v / total:.1f}%)" for k, v in sorted(labels.items()))
+        )
     elif labels:
-        (rare, low), (common, high) = min(labels.items(), key=lambda kv: kv[1]), max(labels.items(), key=lambda kv: kv[1])
-        lines.append(f"label balance (train): {len(labels)} labels; fewest {rare} {low} rows, most {common} {high} rows")
+        (rare, low), (common, high) = (
+            min(labels.items(), key=lambda kv: kv[1]),
+            max(labels.items(), key=lambda kv: kv[1]),
+        )
+        lines.append(
+            f"label balance (train): {len(labels)} labels; fewest {rare} {low} rows, most {common} {high} rows"
+        )
     for name, enc in result.encoded.items():
         lengths = [len(r.input_ids) for r in enc.rows]
         eos = sum(tokenizer.eos_token_id in r.trained_ids for r in enc.rows)
@@ -106,9 +114,15 @@ def estimate_memory(recipe: Recipe, source: str) -> str:
     other_params = sum(p.numel() for p in model.parameters()) - linear_params
     per_linear = {"4bit": 0.55, "8bit": 1.05, "none": 4.0}[recipe.model.quantization]
     weights = linear_params * per_linear + other_params * 4
-    targets = linears if recipe.adapter.target_modules == "all-linear" else [
-        m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in recipe.adapter.target_modules
-    ]
+    targets = (
+        linears
+        if recipe.adapter.target_modules == "all-linear"
+        else [
+            m
+            for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in recipe.adapter.target_modules
+        ]
+    )
     lora = sum(recipe.adapter.r * (m.in_features + m.out_features) for m in targets) * 16
     tokens = recipe.train.batch_size * recipe.data.max_length
     hidden, layers = config.hidden_size, config.num_hidden_layers

@@ -118,10 +118,16 @@ def prepare_splits(recipe: Recipe, task: Task, tokenizer: Any, source: str) -> P
                 f"{len(overlap.exact)} {overlap.split} example(s) duplicate training examples (e.g. {held.where} = {seen.where}); "
                 "remove them, or set data.allow_overlap: true to accept inflated held-out numbers"
             )
-    missing_eos = [e for e, r in zip(splits["train"].examples, encoded["train"].rows) if tokenizer.eos_token_id not in r.trained_ids]
+    missing_eos = [
+        e
+        for e, r in zip(splits["train"].examples, encoded["train"].rows)
+        if tokenizer.eos_token_id not in r.trained_ids
+    ]
     if missing_eos:
-        result.fatal.append(f"{len(missing_eos)} training example(s) have no EOS that carries loss (e.g. {missing_eos[0].where}); "
-                            "the model would never learn to stop")
+        result.fatal.append(
+            f"{len(missing_eos)} training example(s) have no EOS that carries loss (e.g. {missing_eos[0].where}); "
+            "the model would never learn to stop"
+        )
     return result
 
 

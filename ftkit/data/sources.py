@@ -17,7 +17,11 @@ from ftkit.errors import FtkitError
 from ftkit.recipe import HUB_PREFIX, DataConfig
 
 EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
-BUILDERS: dict[str, tuple[str, dict[str, str]]] = {"csv": ("csv", {}), "tsv": ("csv", {"sep": "\t"}), "parquet": ("parquet", {})}
+BUILDERS: dict[str, tuple[str, dict[str, str]]] = {
+    "csv": ("csv", {}),
+    "tsv": ("csv", {"sep": "\t"}),
+    "parquet": ("parquet", {}),
+}
 
 Row = dict[str, Any]
 
@@ -100,7 +104,9 @@ def _read_json(path: Path, fmt: str, key: str) -> list[Row]:
     if rows and all(isinstance(row, list) for row in rows):
         rows = [{str(i): value for i, value in enumerate(row)} for row in rows]  # map columns by position: "0", "1"
     if not all(isinstance(row, dict) for row in rows):
-        raise DataError(f"{path}: expected {'one JSON object per line' if fmt == 'jsonl' else 'a JSON list of objects'}")
+        raise DataError(
+            f"{path}: expected {'one JSON object per line' if fmt == 'jsonl' else 'a JSON list of objects'}"
+        )
     return rows
 
 
@@ -139,7 +145,9 @@ def _read_lines(path: Path, pattern: re.Pattern[str]) -> list[Row]:
             continue
         match = pattern.match(line)
         if match is None:
-            raise DataError(f"{path}:line {number}: does not match data.line_pattern {pattern.pattern!r}: {line[:80]!r}")
+            raise DataError(
+                f"{path}:line {number}: does not match data.line_pattern {pattern.pattern!r}: {line[:80]!r}"
+            )
         rows.append(match.groupdict())
     return rows
 

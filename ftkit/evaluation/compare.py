@@ -105,7 +105,7 @@ def _check_metrics(path: Path, data: Any) -> dict[str, Any]:
     if len(systems) < 2:
         raise CompareError(f"{path}: only the base model was evaluated, no adapter; {redo}")
     if not isinstance(data.get("examples"), int) or isinstance(data.get("examples"), bool):
-        raise CompareError(f"{path}: \"examples\" must be a number of examples; {redo}")
+        raise CompareError(f'{path}: "examples" must be a number of examples; {redo}')
     primary = data.get("primary_metric")
     for name, system in systems.items():
         metrics = system.get("metrics") if isinstance(system, dict) else None

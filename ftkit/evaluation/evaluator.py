@@ -124,7 +124,9 @@ def evaluate(
             predictions, seconds = predict_system(task, model, tokenizer, examples, cfg.batch_size, name)
         systems.append(_score_system(task, name, predictions, seconds, examples, metric_names, cfg.bootstrap))
     comparisons = [
-        _compare(task, systems[0], system, metric, examples, cfg.bootstrap) for system in systems[1:] for metric in metric_names
+        _compare(task, systems[0], system, metric, examples, cfg.bootstrap)
+        for system in systems[1:]
+        for metric in metric_names
     ]
     return EvalReport(
         task=task,
@@ -138,7 +140,12 @@ def evaluate(
 
 
 def _score_system(
-    task: Task, name: str, predictions: list[Any], seconds: float, examples: list[Example], metric_names: list[str],
+    task: Task,
+    name: str,
+    predictions: list[Any],
+    seconds: float,
+    examples: list[Example],
+    metric_names: list[str],
     resamples: int,
 ) -> SystemResult:
     """Each metric with its bootstrap CI: vectorised over per-example values where the metric is their mean."""
@@ -178,7 +185,10 @@ def _compare(
         )
     else:
         paired = paired_bootstrap(
-            list(zip(base.predictions, examples)), list(zip(other.predictions, examples)), _statistic(task, metric),
-            n_resamples=resamples, seed=0,
+            list(zip(base.predictions, examples)),
+            list(zip(other.predictions, examples)),
+            _statistic(task, metric),
+            n_resamples=resamples,
+            seed=0,
         )
     return Comparison(other.name, metric, paired.difference, paired.p_value, TEST_NAMES[test], lower)

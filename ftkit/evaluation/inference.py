@@ -80,7 +80,9 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
 
 
 @torch.inference_mode()
-def score_options(model: Any, pad_id: int, prompts: Sequence[Sequence[int]], options: Sequence[Sequence[int]]) -> list[list[float]]:
+def score_options(
+    model: Any, pad_id: int, prompts: Sequence[Sequence[int]], options: Sequence[Sequence[int]]
+) -> list[list[float]]:
     """Log-likelihood of every option after every prompt, with each prompt run once.
 
     The prompts (left-padded) go through the model once; their KV cache is repeated for each

@@ -67,7 +67,9 @@ def render_table(report: EvalReport) -> str:
         lines.append(f"{metric:<12}" + "".join(f"{_fmt(s.metrics[metric]):<{width}}" for s in report.systems))
     for c in report.comparisons:
         verdict = "significant" if c.significant else "NOT significant"
-        lines.append(f"{c.system} vs base, {c.metric}: {c.difference:+.3f} (p = {c.p_value:.3g}, {c.test}; {verdict} at 0.05)")
+        lines.append(
+            f"{c.system} vs base, {c.metric}: {c.difference:+.3f} (p = {c.p_value:.3g}, {c.test}; {verdict} at 0.05)"
+        )
     return "\n".join(lines)
 
 
@@ -75,8 +77,10 @@ def render_markdown(report: EvalReport) -> str:
     """report.md: the table with CIs, significance in words, and examples the adapter fixed and broke."""
     names = [s.name for s in report.systems]
     out = [f"# Evaluation: {report.task.name} on {report.split}", ""]
-    out.append(f"{len(report.examples)} held-out examples. Values with 95 % bootstrap confidence intervals "
-               f"({report.resamples} resamples, seed 0).")
+    out.append(
+        f"{len(report.examples)} held-out examples. Values with 95 % bootstrap confidence intervals "
+        f"({report.resamples} resamples, seed 0)."
+    )
     out += ["", "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for metric in report.metric_names:
         out.append(f"| {metric} | " + " | ".join(_fmt(s.metrics[metric]) for s in report.systems) + " |")
@@ -84,10 +88,14 @@ def render_markdown(report: EvalReport) -> str:
     for c in report.comparisons:
         if c.significant:
             word = "better" if c.improved else "worse"
-            out.append(f"- **{c.system}** is {word} than the base on {c.metric} by {c.difference:+.3f} (p = {c.p_value:.3g}, {c.test}).")
+            out.append(
+                f"- **{c.system}** is {word} than the base on {c.metric} by {c.difference:+.3f} (p = {c.p_value:.3g}, {c.test})."
+            )
         else:
-            out.append(f"- **{c.system}** vs base on {c.metric}: {c.difference:+.3f}, **not significant** (p = {c.p_value:.3g}, {c.test}); "
-                       "this difference could be noise.")
+            out.append(
+                f"- **{c.system}** vs base on {c.metric}: {c.difference:+.3f}, **not significant** (p = {c.p_value:.3g}, {c.test}); "
+                "this difference could be noise."
+            )
     out += ["", "| system | eval time (s) | examples/s |", "|---|---|---|"]
     out += [f"| {s.name} | {s.seconds:.1f} | {s.examples_per_s:.1f} |" for s in report.systems]
     if report.training:
@@ -109,15 +117,22 @@ def _changed_examples(report: EvalReport, system: SystemResult, limit: int = 5) 
     out: list[str] = []
     for title, items in ((f"Examples {system.name} fixed", fixed), (f"Examples {system.name} broke", broke)):
         out += ["", f"## {title} ({len(items)} in all)", ""]
-        out += [f"- `{e.where}`: {json.dumps(task.shown_input(e)[-160:])} → reference {e.reference!r:.120}, "
-                f"base {task.shown_prediction(b)!r:.120}, {system.name} {task.shown_prediction(a)!r:.120}" for e, b, a in items[:limit]] or ["- none"]
+        out += [
+            f"- `{e.where}`: {json.dumps(task.shown_input(e)[-160:])} → reference {e.reference!r:.120}, "
+            f"base {task.shown_prediction(b)!r:.120}, {system.name} {task.shown_prediction(a)!r:.120}"
+            for e, b, a in items[:limit]
+        ] or ["- none"]
     return out
 
 
 def prediction_rows(report: EvalReport) -> list[dict[str, Any]]:
     return [
-        {"where": e.where, "input": report.task.recorded_input(e), "reference": e.reference,
-         **{s.name: s.predictions[i] for s in report.systems}}
+        {
+            "where": e.where,
+            "input": report.task.recorded_input(e),
+            "reference": e.reference,
+            **{s.name: s.predictions[i] for s in report.systems},
+        }
         for i, e in enumerate(report.examples)
     ]
 
@@ -131,8 +146,11 @@ def write_plots(report: EvalReport, summary: dict[str, Any], out: runs.RunDir, t
     for system in report.systems:
         if system.confusion:
             labels, matrix = system.confusion
-            written.append(plots.confusion_matrix(labels, matrix, f"{system.name}: confusion on {report.split}",
-                                                  out.confusion_plot(system.name)))
+            written.append(
+                plots.confusion_matrix(
+                    labels, matrix, f"{system.name}: confusion on {report.split}", out.confusion_plot(system.name)
+                )
+            )
     return [path for path in written if path is not None]
 
 

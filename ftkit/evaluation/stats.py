@@ -21,8 +21,9 @@ float; the default, the mean of a 1-D numeric array, runs vectorised.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +102,7 @@ def _index_chunks(n: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
 
 def _replicates(
     samples: tuple[Any, ...],
-    statistic: Optional[Callable[..., float]],
+    statistic: Callable[..., float] | None,
     n_resamples: int,
     seed: int,
 ) -> np.ndarray:
@@ -132,7 +133,7 @@ def _check_common(n: int, n_resamples: int) -> None:
 
 def bootstrap_ci(
     data: Any,
-    statistic: Optional[Statistic] = None,
+    statistic: Statistic | None = None,
     *,
     n_resamples: int = 1000,
     confidence: float = 0.95,
@@ -167,7 +168,7 @@ def bootstrap_ci(
 def paired_bootstrap(
     a: Any,
     b: Any,
-    statistic: Optional[Statistic] = None,
+    statistic: Statistic | None = None,
     *,
     n_resamples: int = 1000,
     seed: int = 0,

@@ -16,7 +16,13 @@ from ftkit.training import adapters
 
 
 def evaluate_adapters(
-    recipe_path: Path, overrides: list[str], *, adapters: list[Path], split: str | None, data: Path | None, out: Path | None
+    recipe_path: Path,
+    overrides: list[str],
+    *,
+    adapters: list[Path],
+    split: str | None,
+    data: Path | None,
+    out: Path | None,
 ) -> int:
     recipe = load_recipe(recipe_path, overrides)
     split = split or recipe.eval.split
@@ -26,9 +32,13 @@ def evaluate_adapters(
     examples = load_split(recipe, task, split, path=data).examples[: recipe.eval.max_examples]
     loaded = load_model(recipe.model)
     model, names = _stack_adapters(loaded.model, loaded.tokenizer, adapters)
-    report = evaluator.evaluate(task, model, loaded.tokenizer, examples, names, recipe.eval, split=data.name if data else split)
+    report = evaluator.evaluate(
+        task, model, loaded.tokenizer, examples, names, recipe.eval, split=data.name if data else split
+    )
     run = runs.RunDir(recipe.run_dir)
-    written = reports.write_reports(report, out or run.eval, train_log=run.train_log if run.train_log.is_file() else None)
+    written = reports.write_reports(
+        report, out or run.eval, train_log=run.train_log if run.train_log.is_file() else None
+    )
     print(reports.render_table(report))
     print("reports: " + ", ".join(str(path) for path in written))
     return 0

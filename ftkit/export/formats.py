@@ -55,11 +55,17 @@ def export_gguf(target: Path, out: Path, *, gguf_dtype: str, ollama: bool, overw
         write_json(stage / gguf.GGUF_VERIFICATION, asdict(check))
         if ollama:
             write_text(stage / "Modelfile", modelfile(gguf_path.name, tokenizer))
-        write_manifest(stage, {"lineage": lineage.read(adapter_dir) | {"merged": merged.to_json(), "gguf": asdict(check)}})
-    summary = [merge.render(merged).replace(str(merged_dir), str(out)),
-               f"GGUF ({gguf_dtype}) -> {out / gguf_path.name}; loaded back with transformers: max |Δlogit| "
-               f"{check.max_abs_logit_diff:.3g} vs the merged model (tolerance {check.tolerance}), "
-               f"tokenizer ids equal on {check.tokenizer_texts} texts"]
+        write_manifest(
+            stage, {"lineage": lineage.read(adapter_dir) | {"merged": merged.to_json(), "gguf": asdict(check)}}
+        )
+    summary = [
+        merge.render(merged).replace(str(merged_dir), str(out)),
+        f"GGUF ({gguf_dtype}) -> {out / gguf_path.name}; loaded back with transformers: max |Δlogit| "
+        f"{check.max_abs_logit_diff:.3g} vs the merged model (tolerance {check.tolerance}), "
+        f"tokenizer ids equal on {check.tokenizer_texts} texts",
+    ]
     if ollama:
-        summary.append(f"Ollama Modelfile -> {out / 'Modelfile'} (template checked); run: ollama create {name} -f {out / 'Modelfile'}")
+        summary.append(
+            f"Ollama Modelfile -> {out / 'Modelfile'} (template checked); run: ollama create {name} -f {out / 'Modelfile'}"
+        )
     return "\n".join(summary)

@@ -30,7 +30,9 @@ def check_architecture(config: Any) -> None:
         )
     scaling = getattr(config, "rope_scaling", None) or {}
     if scaling.get("rope_type", scaling.get("type", "default")) not in ("default", None):
-        raise ExportError(f"GGUF export: RoPE scaling {scaling} is not supported by ftkit's writer; export --format safetensors")
+        raise ExportError(
+            f"GGUF export: RoPE scaling {scaling} is not supported by ftkit's writer; export --format safetensors"
+        )
 
 
 def permute_for_gguf(weight: torch.Tensor, heads: int) -> torch.Tensor:
@@ -97,8 +99,12 @@ def add_tokenizer(writer: Any, tokenizer: Any) -> None:
     writer.add_token_list(tokenizer.convert_ids_to_tokens(list(range(size))))
     writer.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(size)])
     writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]])
-    for setter, token_id in ((writer.add_bos_token_id, tokenizer.bos_token_id), (writer.add_eos_token_id, tokenizer.eos_token_id),
-                             (writer.add_unk_token_id, tokenizer.unk_token_id), (writer.add_pad_token_id, tokenizer.pad_token_id)):
+    for setter, token_id in (
+        (writer.add_bos_token_id, tokenizer.bos_token_id),
+        (writer.add_eos_token_id, tokenizer.eos_token_id),
+        (writer.add_unk_token_id, tokenizer.unk_token_id),
+        (writer.add_pad_token_id, tokenizer.pad_token_id),
+    ):
         if token_id is not None:
             setter(token_id)
     writer.add_add_bos_token(bool(tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]))
@@ -131,21 +137,35 @@ def verify_gguf(merged_dir: Path, gguf_path: Path, probe: Probes, dtype: str) ->
         raise ExportError(f"the written GGUF does not load back with transformers: {error}") from error
     got = logits_of(loaded, probe.full)
     agree = agreement(got, expected, [], [])
-    check = GgufCheck(dtype=dtype, probes=len(probe.full), max_abs_logit_diff=agree.max_abs_logit_diff,
-                      mean_abs_logit_diff=agree.mean_abs_logit_diff, next_token_agreement=agree.next_token_agreement,
-                      tolerance=GGUF_TOLERANCE[dtype], tokenizer_texts=0)
+    check = GgufCheck(
+        dtype=dtype,
+        probes=len(probe.full),
+        max_abs_logit_diff=agree.max_abs_logit_diff,
+        mean_abs_logit_diff=agree.mean_abs_logit_diff,
+        next_token_agreement=agree.next_token_agreement,
+        tolerance=GGUF_TOLERANCE[dtype],
+        tokenizer_texts=0,
+    )
     if check.max_abs_logit_diff > check.tolerance:
-        raise ExportError(f"GGUF logits differ from the merged model's by {check.max_abs_logit_diff:.3g} (> {check.tolerance}); "
-                          "nothing was written")
+        raise ExportError(
+            f"GGUF logits differ from the merged model's by {check.max_abs_logit_diff:.3g} (> {check.tolerance}); "
+            "nothing was written"
+        )
     merged_tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     texts = _tokenizer_texts(merged_tokenizer, probe)
     mismatched = [t for t in texts if gguf_tokenizer(t)["input_ids"] != merged_tokenizer(t)["input_ids"]]
     if mismatched:
-        raise ExportError(f"the GGUF tokenizer encodes {len(mismatched)} of {len(texts)} texts differently, e.g. {mismatched[0][:60]!r}")
+        raise ExportError(
+            f"the GGUF tokenizer encodes {len(mismatched)} of {len(texts)} texts differently, e.g. {mismatched[0][:60]!r}"
+        )
     check.tokenizer_texts = len(texts)
     return check
 
 
 def _tokenizer_texts(tokenizer: Any, probe: Probes) -> list[str]:
     decoded = [tokenizer.decode(ids) for ids in probe.full]
-    return decoded + ["Hello, world! 123 — naïve café ☕", "  leading spaces\nand\ttabs", "<|im_start|>user\nhi<|im_end|>"]
+    return decoded + [
+        "Hello, world! 123 — naïve café ☕",
+        "  leading spaces\nand\ttabs",
+        "<|im_start|>user\nhi<|im_end|>",
+    ]

@@ -84,8 +84,11 @@ def dequantized_weight(weight: torch.Tensor, quantized: Any, name: str, loaded_a
         result = F.int8_vectorwise_dequant(codes, scales)
     else:
         codes, state = F.quantize_4bit(
-            weight.to(stored.quant_state.dtype), blocksize=stored.blocksize,
-            compress_statistics=stored.compress_statistics, quant_type=stored.quant_type, quant_storage=stored.quant_storage,
+            weight.to(stored.quant_state.dtype),
+            blocksize=stored.blocksize,
+            compress_statistics=stored.compress_statistics,
+            quant_type=stored.quant_type,
+            quant_storage=stored.quant_storage,
         )
         same = codes.shape == stored.data.shape and torch.equal(codes, stored.data)
         result = F.dequantize_4bit(codes, state)
@@ -110,7 +113,9 @@ def full_precision_base(cfg: ModelConfig, quantized: Any | None) -> tuple[Loaded
     replaced = quantized_modules(quantized)
     with torch.no_grad():
         for name, module in replaced.items():
-            modules[name].weight.copy_(dequantized_weight(modules[name].weight, module, name, compute_dtype(cfg.compute_dtype)))
+            modules[name].weight.copy_(
+                dequantized_weight(modules[name].weight, module, name, compute_dtype(cfg.compute_dtype))
+            )
     return base, len(replaced)
 
 
@@ -133,8 +138,16 @@ class MergeResult:
         return asdict(self) | {"out": str(self.out)}
 
 
-def merge(target: Path, out: Path, *, dtype: str = "bf16", base_policy: BasePolicy = "dequantized",
-          count: int = 8, max_new_tokens: int = 16, overwrite: bool = False) -> MergeResult:
+def merge(
+    target: Path,
+    out: Path,
+    *,
+    dtype: str = "bf16",
+    base_policy: BasePolicy = "dequantized",
+    count: int = 8,
+    max_new_tokens: int = 16,
+    overwrite: bool = False,
+) -> MergeResult:
     """Merge the adapter at `target` into a full-precision base, save it, and verify it (see module doc)."""
     adapter_dir = runs.adapter_folder(target)
     adapters.check(adapter_dir)
@@ -158,10 +171,18 @@ def merge(target: Path, out: Path, *, dtype: str = "bf16", base_policy: BasePoli
         require(exact, TOLERANCE["fp32"], "the merged fp32 model")
         saved = run(save_and_reload(merged.to(DTYPES[dtype]), tokenizer, stage))
         result = MergeResult(
-            out=out, adapter=str(adapter_dir), base_source=cfg.source, trained_quantization=cfg.quantization,
-            base_policy=base_policy if cfg.quantization != "none" else "original", dequantized_weights=replaced,
-            dtype=dtype, probes=len(probe.full), tolerance=TOLERANCE[dtype], merge_exactness=exact,
-            saved=compare(saved, reference), quantization_gap=compare(saved, trained) if trained else None,
+            out=out,
+            adapter=str(adapter_dir),
+            base_source=cfg.source,
+            trained_quantization=cfg.quantization,
+            base_policy=base_policy if cfg.quantization != "none" else "original",
+            dequantized_weights=replaced,
+            dtype=dtype,
+            probes=len(probe.full),
+            tolerance=TOLERANCE[dtype],
+            merge_exactness=exact,
+            saved=compare(saved, reference),
+            quantization_gap=compare(saved, trained) if trained else None,
         )
         require(result.saved, result.tolerance, f"the saved {dtype} model")
         write_json(stage / VERIFICATION, result.to_json())
@@ -191,27 +212,36 @@ def render(result: MergeResult) -> str:
     """The verification, in words a user can act on."""
     lines = [
         f"merged {result.adapter} into {result.base_source} ({result.base_policy} fp32 base"
-        + (f", {result.dequantized_weights} weights = dequant(quant(W)) as in {result.trained_quantization} training" if result.dequantized_weights else "")
+        + (
+            f", {result.dequantized_weights} weights = dequant(quant(W)) as in {result.trained_quantization} training"
+            if result.dequantized_weights
+            else ""
+        )
         + f"), saved as {result.dtype} safetensors: {result.out}",
         f"verified on {result.probes} held-out prompts:",
         describe("merge exactness (merged fp32 vs adapter, same base)", result.merge_exactness),
         describe(f"saved {result.dtype} folder (plain transformers) vs adapter", result.saved),
     ]
     if result.quantization_gap:
-        lines.append(describe(f"vs the adapter on its {result.trained_quantization} training base", result.quantization_gap))
+        lines.append(
+            describe(f"vs the adapter on its {result.trained_quantization} training base", result.quantization_gap)
+        )
     lines.append(f"verification: {result.out / VERIFICATION}")
     return "\n".join(lines)
 
 
-def combine(folders: list[Path], weights: list[float], method: str, out: Path, *, density: float = 0.5,
-            overwrite: bool = False) -> Path:
+def combine(
+    folders: list[Path], weights: list[float], method: str, out: Path, *, density: float = 0.5, overwrite: bool = False
+) -> Path:
     """Combine adapters of one base into a new adapter with peft's `add_weighted_adapter`.
 
     The result is an ordinary adapter folder (lineage: the first input's base, plus what was
     combined how), evaluated like any other with `ftkit eval --adapter`.
     """
     if len(folders) < 2 or len(folders) != len(weights):
-        raise MergeError(f"--adapters and --weights: need two or more adapters and one weight each (got {len(folders)} and {len(weights)})")
+        raise MergeError(
+            f"--adapters and --weights: need two or more adapters and one weight each (got {len(folders)} and {len(weights)})"
+        )
     dirs = [runs.adapter_folder(folder) for folder in folders]
     cfg = lineage.base_config(dirs[0])
     loaded = load_model(cfg.model_copy(update={"quantization": "none", "compute_dtype": "float32"}))
@@ -228,10 +258,15 @@ def combine(folders: list[Path], weights: list[float], method: str, out: Path, *
         model.save_pretrained(stage, selected_adapters=["default"])
         loaded.tokenizer.save_pretrained(stage)
         record = lineage.read(dirs[0]) | {
-            "combined": {"method": method, "density": density if kwargs else None,
-                         "inputs": [{"adapter": str(d), "weight": w, "recipe": lineage.read(d).get("recipe")} for d, w in zip(dirs, weights)]},
+            "combined": {
+                "method": method,
+                "density": density if kwargs else None,
+                "inputs": [
+                    {"adapter": str(d), "weight": w, "recipe": lineage.read(d).get("recipe")}
+                    for d, w in zip(dirs, weights)
+                ],
+            },
         }
         record.pop("eval", None)
         write_manifest(stage, {"lineage": record})
     return out
-

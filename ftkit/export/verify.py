@@ -52,8 +52,10 @@ def probes(adapter_dir: Path, tokenizer: Any, count: int) -> Probes:
         examples = load_split(recipe, task, recipe.eval.split).examples[:count]
         shown = [task.probe(example, tokenizer) for example in examples]
         return Probes(full=[probe.full for probe in shown], prompts=[probe.prompt for probe in shown])
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             for p in FALLBACK_PROMPTS[:count]]
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in FALLBACK_PROMPTS[:count]
+    ]
     ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     return Probes(full=ids, prompts=ids)
 
@@ -104,10 +106,14 @@ def compare(a: Outputs, b: Outputs) -> Agreement:
 
 def require(agreement: Agreement, tolerance: float, what: str) -> None:
     if agreement.max_abs_logit_diff > tolerance:
-        raise VerificationError(f"{what}'s logits differ from the adapter's by {agreement.max_abs_logit_diff:.3g} "
-                         f"(> {tolerance:g}); nothing was written")
+        raise VerificationError(
+            f"{what}'s logits differ from the adapter's by {agreement.max_abs_logit_diff:.3g} "
+            f"(> {tolerance:g}); nothing was written"
+        )
 
 
 def describe(label: str, a: Agreement) -> str:
-    return (f"  {label}: max |Δlogit| {a.max_abs_logit_diff:.3g}, mean {a.mean_abs_logit_diff:.3g}, "
-            f"next-token agreement {a.next_token_agreement:.1%}, greedy generations equal {a.generations_equal}/{a.generations}")
+    return (
+        f"  {label}: max |Δlogit| {a.max_abs_logit_diff:.3g}, mean {a.mean_abs_logit_diff:.3g}, "
+        f"next-token agreement {a.next_token_agreement:.1%}, greedy generations equal {a.generations_equal}/{a.generations}"
+    )

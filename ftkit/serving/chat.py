@@ -10,19 +10,23 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ftkit.serving import runtime
 from ftkit.errors import FtkitError
+from ftkit.serving import runtime
 
 HELP = """commands: /system TEXT  set the system prompt (empty TEXT removes it)
           /reset        forget the conversation (the system prompt stays)
           /exit         quit (or Ctrl-D); Ctrl-C stops an answer"""
 
 
-def run_chat(target: Path, *, system: str | None, max_new_tokens: int, temperature: float, quantization: str | None) -> int:
+def run_chat(
+    target: Path, *, system: str | None, max_new_tokens: int, temperature: float, quantization: str | None
+) -> int:
     """Load the target, then read a line, answer it, repeat until /exit or end of input."""
     if max_new_tokens < 1 or temperature < 0:
-        raise FtkitError(f"--max-new-tokens must be at least 1 (got {max_new_tokens}) and --temperature at least 0 "
-                         f"(got {temperature})")
+        raise FtkitError(
+            f"--max-new-tokens must be at least 1 (got {max_new_tokens}) and --temperature at least 0 "
+            f"(got {temperature})"
+        )
     targets, base = runtime.resolve_targets([target], quantization)
     print(f"loading {base.source} ({base.quantization}) ...", file=sys.stderr)
     deployment = runtime.load(targets, base)
@@ -44,7 +48,12 @@ def run_chat(target: Path, *, system: str | None, max_new_tokens: int, temperatu
             if line.startswith("/"):
                 command(line, conversation)
             elif line.strip():
-                answer(deployment, conversation, line, runtime.Sampling(max_new_tokens=max_new_tokens, temperature=temperature))
+                answer(
+                    deployment,
+                    conversation,
+                    line,
+                    runtime.Sampling(max_new_tokens=max_new_tokens, temperature=temperature),
+                )
 
 
 def command(line: str, conversation: runtime.Conversation) -> None:
@@ -55,24 +64,36 @@ def command(line: str, conversation: runtime.Conversation) -> None:
         print("(conversation cleared)", file=sys.stderr)
     elif word == "/system":
         conversation.system = rest.strip() or None
-        print(f"(system prompt {'set' if conversation.system else 'removed'}; it heads the conversation from the next "
-              "answer on)", file=sys.stderr)
+        print(
+            f"(system prompt {'set' if conversation.system else 'removed'}; it heads the conversation from the next "
+            "answer on)",
+            file=sys.stderr,
+        )
     else:
         print(HELP, file=sys.stderr)
 
 
-def answer(deployment: runtime.Deployment, conversation: runtime.Conversation, text: str, sampling: runtime.Sampling) -> None:
+def answer(
+    deployment: runtime.Deployment, conversation: runtime.Conversation, text: str, sampling: runtime.Sampling
+) -> None:
     """Stream one reply to stdout and keep it in the conversation; Ctrl-C keeps what was said so far."""
     conversation.add("user", text)
     prompt = runtime.prompt_ids(deployment.tokenizer, conversation.messages())
     room = deployment.context - len(prompt)
     if room < 1:
         conversation.turns.pop()
-        print(f"(the conversation is {len(prompt)} tokens, the model's context is {deployment.context}: /reset to "
-              "start over)", file=sys.stderr)
+        print(
+            f"(the conversation is {len(prompt)} tokens, the model's context is {deployment.context}: /reset to "
+            "start over)",
+            file=sys.stderr,
+        )
         return
-    stream = runtime.ReplyStream(deployment.model, deployment.tokenizer, prompt,
-                                replace(sampling, max_new_tokens=min(sampling.max_new_tokens, room)))
+    stream = runtime.ReplyStream(
+        deployment.model,
+        deployment.tokenizer,
+        prompt,
+        replace(sampling, max_new_tokens=min(sampling.max_new_tokens, room)),
+    )
     print("assistant> ", end="", flush=True)
     stopped, pieces = False, iter(stream)
     try:
@@ -86,4 +107,7 @@ def answer(deployment: runtime.Deployment, conversation: runtime.Conversation, t
     conversation.add("assistant", reply.text)
     ending = " [stopped]" if stopped else " [max tokens reached]" if reply.finish_reason == "length" else ""
     print(ending)
-    print(f"({reply.completion_tokens} tokens in {reply.seconds:.1f} s, {reply.tokens_per_s:.1f} tokens/s)", file=sys.stderr)
+    print(
+        f"({reply.completion_tokens} tokens in {reply.seconds:.1f} s, {reply.tokens_per_s:.1f} tokens/s)",
+        file=sys.stderr,
+    )

@@ -55,8 +55,10 @@ def resolve_target(path: Path, taken: Sequence[str] = ()) -> Target:
     if run.recipe.is_file() and is_adapter_folder(run.adapter):
         return Target(_unique(path.resolve().name, taken), lineage.base_config(run.adapter), run.adapter)
     if run.recipe.is_file():
-        raise DeployError(f"{path} is a run directory without a finished adapter (no {run.adapter / ADAPTER_CONFIG}); "
-                          "finish training it first (ftkit train RECIPE --resume)")
+        raise DeployError(
+            f"{path} is a run directory without a finished adapter (no {run.adapter / ADAPTER_CONFIG}); "
+            "finish training it first (ftkit train RECIPE --resume)"
+        )
     if is_adapter_folder(path):
         return Target(_unique(adapter_name(path), taken), lineage.base_config(path), path)
     if (path / "config.json").is_file():
@@ -84,7 +86,10 @@ def shared_base(targets: Sequence[Target], quantization: str | None) -> ModelCon
 
     first = targets[0].model
     for target in targets[1:]:
-        if (resolve_source(target.model.source), target.model.revision) != (resolve_source(first.source), first.revision):
+        if (resolve_source(target.model.source), target.model.revision) != (
+            resolve_source(first.source),
+            first.revision,
+        ):
             raise DeployError(
                 f"'{target.name}' was trained on {target.model.source} but '{targets[0].name}' on {first.source}; "
                 "one process serves adapters of one base model: start one server per base"
@@ -92,9 +97,14 @@ def shared_base(targets: Sequence[Target], quantization: str | None) -> ModelCon
     base = first.model_copy(update={"quantization": quantization}) if quantization else first
     for target in targets:
         if target.adapter is not None and target.model.quantization != base.quantization:
-            log.warning("warning: '%s' was trained with quantization %s and runs with %s here; its answers may "
-                        "differ from its evaluation (--quantization %s matches it)", target.name,
-                        target.model.quantization, base.quantization, target.model.quantization)
+            log.warning(
+                "warning: '%s' was trained with quantization %s and runs with %s here; its answers may "
+                "differ from its evaluation (--quantization %s matches it)",
+                target.name,
+                target.model.quantization,
+                base.quantization,
+                target.model.quantization,
+            )
     return base
 
 
@@ -139,8 +149,8 @@ def load(targets: Sequence[Target], base: ModelConfig) -> Deployment:
     Passing the tokenizer to `adapters.load` is what reports (on stderr and in the server log) a
     chat template other than the one the adapter was trained with.
     """
-    from ftkit.training import adapters
     from ftkit.models import load_model
+    from ftkit.training import adapters
 
     loaded = load_model(base)
     if not getattr(loaded.tokenizer, "chat_template", None):

@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ftkit.serving import runtime
 from ftkit.errors import FtkitError
+from ftkit.serving import runtime
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Message(BaseModel):
         parts_ok = isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content)
         if isinstance(content, str) or parts_ok:
             return content
-        raise ValueError("must be a string or a list of {\"type\": \"text\", \"text\": ...} parts")
+        raise ValueError('must be a string or a list of {"type": "text", "text": ...} parts')
 
     def as_turn(self) -> dict[str, str]:
         text = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
@@ -104,8 +104,15 @@ class ChatRequest(BaseModel):
 class ApiError(Exception):
     """An error answered in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
 
@@ -124,13 +131,22 @@ def sampling_for(request: ChatRequest, prompt_tokens: int, context: int, limits:
     asked = request.max_completion_tokens or request.max_tokens
     param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
     if asked is not None and asked > limits.max_new_tokens:
-        raise ApiError(400, f"{param} is {asked}; this server allows at most {limits.max_new_tokens} "
-                       "(ftkit serve --max-new-tokens-limit)", param=param)
+        raise ApiError(
+            400,
+            f"{param} is {asked}; this server allows at most {limits.max_new_tokens} "
+            "(ftkit serve --max-new-tokens-limit)",
+            param=param,
+        )
     room = context - prompt_tokens
     if room < 1 or (asked is not None and asked > room):
         wanted = f" + {param} {asked}" if asked is not None else ""
-        raise ApiError(400, f"the prompt is {prompt_tokens} tokens{wanted}, over the model's context of {context} "
-                       "tokens; shorten the messages or ask for fewer tokens", param="messages", code="context_length_exceeded")
+        raise ApiError(
+            400,
+            f"the prompt is {prompt_tokens} tokens{wanted}, over the model's context of {context} "
+            "tokens; shorten the messages or ask for fewer tokens",
+            param="messages",
+            code="context_length_exceeded",
+        )
     return runtime.Sampling(
         max_new_tokens=asked or min(limits.max_new_tokens, room),
         temperature=1.0 if request.temperature is None else request.temperature,  # OpenAI's default
@@ -194,11 +210,19 @@ def create_app(deployment: runtime.Deployment, *, api_key: str | None = None, li
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)], response_model=None)
     async def chat_completions(request: ChatRequest) -> Any:
         if request.model not in deployment.adapters:
-            raise ApiError(404, f"model '{request.model}' is not served here; available: {', '.join(deployment.names)}",
-                           param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"model '{request.model}' is not served here; available: {', '.join(deployment.names)}",
+                param="model",
+                code="model_not_found",
+            )
         prompt = render(deployment, request)
-        stream = runtime.ReplyStream(deployment.model, deployment.tokenizer, prompt,
-                                    sampling_for(request, len(prompt), deployment.context, limits))
+        stream = runtime.ReplyStream(
+            deployment.model,
+            deployment.tokenizer,
+            prompt,
+            sampling_for(request, len(prompt), deployment.context, limits),
+        )
         completion = Completion(request.model)
         if request.stream:
             usage = bool(request.stream_options and request.stream_options.include_usage)
@@ -273,7 +297,11 @@ class Completion:
     @staticmethod
     def usage(reply: runtime.Reply) -> dict[str, int]:
         total = reply.prompt_tokens + reply.completion_tokens
-        return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens, "total_tokens": total}
+        return {
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens,
+            "total_tokens": total,
+        }
 
     def whole(self, reply: runtime.Reply) -> dict[str, Any]:
         message = {"role": "assistant", "content": reply.text}
@@ -292,8 +320,14 @@ def event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-async def sse(lock: asyncio.Lock, deployment: runtime.Deployment, name: str, stream: runtime.ReplyStream,
-              completion: Completion, include_usage: bool) -> AsyncIterator[str]:
+async def sse(
+    lock: asyncio.Lock,
+    deployment: runtime.Deployment,
+    name: str,
+    stream: runtime.ReplyStream,
+    completion: Completion,
+    include_usage: bool,
+) -> AsyncIterator[str]:
     """The reply as server-sent events, ending with `data: [DONE]`.
 
     A client that disconnects cancels this generator while a worker thread waits for the next
@@ -323,8 +357,15 @@ async def sse(lock: asyncio.Lock, deployment: runtime.Deployment, name: str, str
 
 
 def log_reply(name: str, reply: runtime.Reply) -> None:
-    log.info("%s: %d prompt + %d completion tokens in %.2f s (%.1f tokens/s, %s)", name, reply.prompt_tokens,
-             reply.completion_tokens, reply.seconds, reply.tokens_per_s, reply.finish_reason)
+    log.info(
+        "%s: %d prompt + %d completion tokens in %.2f s (%.1f tokens/s, %s)",
+        name,
+        reply.prompt_tokens,
+        reply.completion_tokens,
+        reply.seconds,
+        reply.tokens_per_s,
+        reply.finish_reason,
+    )
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -337,7 +378,9 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as error:
         sock.close()
-        raise ServeError(f"cannot listen on {host}:{port} ({error.strerror}); choose another --port or --host") from None
+        raise ServeError(
+            f"cannot listen on {host}:{port} ({error.strerror}); choose another --port or --host"
+        ) from None
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
@@ -357,21 +400,39 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def serve(paths: Sequence[Path], *, host: str, port: int, api_key_env: str, max_new_tokens_limit: int,
-          quantization: str | None) -> int:
+def serve(
+    paths: Sequence[Path],
+    *,
+    host: str,
+    port: int,
+    api_key_env: str,
+    max_new_tokens_limit: int,
+    quantization: str | None,
+) -> int:
     """`ftkit serve`: bind, load the base and adapters, and answer until Ctrl-C."""
     if max_new_tokens_limit < 1:
         raise ServeError(f"--max-new-tokens-limit must be at least 1 (got {max_new_tokens_limit})")
     api_key = os.environ.get(api_key_env) or None
     if api_key is None and not is_loopback(host):
-        log.warning("warning: listening on %s without an API key: anyone who can reach it can use it; "
-                    "set %s to require one", host, api_key_env)
+        log.warning(
+            "warning: listening on %s without an API key: anyone who can reach it can use it; set %s to require one",
+            host,
+            api_key_env,
+        )
     targets, base = runtime.resolve_targets(paths, quantization)
     with bind(host, port) as sock:
         deployment = runtime.load(targets, base)
         app = create_app(deployment, api_key=api_key, limits=Limits(max_new_tokens=max_new_tokens_limit))
         address = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}/v1"
-        key_note = f"API key required (from ${api_key_env})" if api_key else f"no API key (set ${api_key_env} to require one)"
-        log.info("serving %s at %s; %s; context %d tokens", ", ".join(deployment.names), address, key_note, deployment.context)
+        key_note = (
+            f"API key required (from ${api_key_env})" if api_key else f"no API key (set ${api_key_env} to require one)"
+        )
+        log.info(
+            "serving %s at %s; %s; context %d tokens",
+            ", ".join(deployment.names),
+            address,
+            key_note,
+            deployment.context,
+        )
         server(app).run(sockets=[sock])
     return 0

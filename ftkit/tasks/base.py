@@ -115,9 +115,13 @@ class Task(ABC):
     def scorers(self, predictions: Sequence[Any], examples: Sequence[Example]) -> Mapping[str, Callable[[], float]]:
         """One zero-argument function per metric in `metrics`, each computing that corpus-level metric."""
 
-    def score(self, predictions: Sequence[Any], examples: Sequence[Example], only: str | None = None) -> dict[str, float]:
+    def score(
+        self, predictions: Sequence[Any], examples: Sequence[Example], only: str | None = None
+    ) -> dict[str, float]:
         """Corpus-level metrics, keyed by name; just `only` when given (the bootstrap asks one at a time)."""
-        return {name: compute() for name, compute in self.scorers(predictions, examples).items() if only in (None, name)}
+        return {
+            name: compute() for name, compute in self.scorers(predictions, examples).items() if only in (None, name)
+        }
 
     def per_example(self, predictions: Sequence[Any], examples: Sequence[Example]) -> dict[str, list[float]]:
         """Per-example values of the metrics whose corpus value is their mean (accuracy, token F1, ...).
@@ -139,7 +143,9 @@ class Task(ABC):
         """McNemar's exact test for per-example 0/1 metrics, a paired bootstrap for the others."""
         return "mcnemar" if metric in self.binary_metrics else "bootstrap"
 
-    def confusion(self, predictions: Sequence[Any], examples: Sequence[Example]) -> tuple[list[str], list[list[int]]] | None:
+    def confusion(
+        self, predictions: Sequence[Any], examples: Sequence[Example]
+    ) -> tuple[list[str], list[list[int]]] | None:
         """(labels, matrix with rows = reference, columns = prediction) for classification tasks; else None."""
         return None
 

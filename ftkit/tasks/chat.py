@@ -21,7 +21,14 @@ from ftkit.evaluation.metrics import compute, per_example
 from ftkit.tasks.base import Example, Progress, Row, Task, TaskOptions, alpaca_prompt, batches, register
 
 ROLES = ("system", "user", "assistant")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "bot": "assistant", "system": "system"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "bot": "assistant",
+    "system": "system",
+}
 Turn = dict[str, str]
 
 
@@ -54,9 +61,15 @@ class Chat(Task):
             return row
         if isinstance(row.get("conversations"), list):
             turns = [t for t in row["conversations"] if isinstance(t, dict)]
-            return row | {"messages": [{"role": SHAREGPT_ROLES.get(str(t.get("from")), str(t.get("from"))), "content": t.get("value")}
-                                       for t in turns]}
-        user, reply = (alpaca_prompt(row), row.get("output")) if "instruction" in row else (row.get("user"), row.get("assistant"))
+            return row | {
+                "messages": [
+                    {"role": SHAREGPT_ROLES.get(str(t.get("from")), str(t.get("from"))), "content": t.get("value")}
+                    for t in turns
+                ]
+            }
+        user, reply = (
+            (alpaca_prompt(row), row.get("output")) if "instruction" in row else (row.get("user"), row.get("assistant"))
+        )
         if user is None or reply is None:
             return row
         system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
@@ -68,8 +81,14 @@ class Chat(Task):
             raise RowError(f"{where}: 'messages' must be a non-empty list of {{role, content}} turns")
         turns = []
         for n, turn in enumerate(messages, start=1):
-            if not isinstance(turn, Mapping) or turn.get("role") not in ROLES or not isinstance(turn.get("content"), str):
-                raise RowError(f"{where}: turn {n} must be {{role: system|user|assistant, content: text}}, got {turn!r:.80}")
+            if (
+                not isinstance(turn, Mapping)
+                or turn.get("role") not in ROLES
+                or not isinstance(turn.get("content"), str)
+            ):
+                raise RowError(
+                    f"{where}: turn {n} must be {{role: system|user|assistant, content: text}}, got {turn!r:.80}"
+                )
             if not turn["content"].strip():
                 raise RowError(f"{where}: turn {n} ({turn['role']}) has empty content")
             turns.append({"role": turn["role"], "content": turn["content"]})
@@ -116,7 +135,9 @@ class Chat(Task):
             progress(len(batch))
         return predictions
 
-    def scorers(self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]) -> dict[str, Callable[[], float]]:
+    def scorers(
+        self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]
+    ) -> dict[str, Callable[[], float]]:
         replies = [p["reply"] for p in predictions]
         references = [[e.reference] for e in examples]
         return {

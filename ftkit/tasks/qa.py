@@ -12,10 +12,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ftkit.evaluation.inference import generate_greedy
-from ftkit.evaluation.metrics import compute, per_example
 from ftkit.data.encoding import truncate_middle
 from ftkit.errors import RowError
+from ftkit.evaluation.inference import generate_greedy
+from ftkit.evaluation.metrics import compute, per_example
 from ftkit.tasks.base import Example, Progress, Row, Task, TaskOptions, alpaca_prompt, batches, register, render
 
 
@@ -61,7 +61,9 @@ class QA(Task):
         if context is not None and not isinstance(context, str):
             raise RowError(f"{where}: 'context' must be a string when present, got {type(context).__name__}")
         answers = self._answers(row.get("answer"), where)
-        template = self.options.prompt_template if context and context.strip() else self.options.prompt_template_no_context
+        template = (
+            self.options.prompt_template if context and context.strip() else self.options.prompt_template_no_context
+        )
         return Example(
             prompt=render(template, row, where),
             completion=f" {answers[0]}",
@@ -100,7 +102,10 @@ class QA(Task):
 
     def per_example(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, list[float]]:
         references = [e.reference for e in examples]
-        return {"f1": per_example("squad_f1", predictions, references), "exact_match": per_example("squad_exact_match", predictions, references)}
+        return {
+            "f1": per_example("squad_f1", predictions, references),
+            "exact_match": per_example("squad_exact_match", predictions, references),
+        }
 
 
 def _squad_answers(answers: Any) -> Any:

@@ -12,10 +12,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from ftkit.evaluation.inference import score_options
-from ftkit.evaluation.metrics import compute, per_example
 from ftkit.data.encoding import truncate_middle
 from ftkit.errors import RowError
+from ftkit.evaluation.inference import score_options
+from ftkit.evaluation.metrics import compute, per_example
 from ftkit.tasks.base import Example, Progress, Task, TaskOptions, batches, register, render
 
 
@@ -92,14 +92,18 @@ class Sentiment(Task):
             return labels[label]
         if isinstance(label, str) and label.strip() in labels:
             return label.strip()
-        raise RowError(f"{where}: unknown label {label!r}; expected one of {labels} (task.labels) or 0..{len(labels) - 1}")
+        raise RowError(
+            f"{where}: unknown label {label!r}; expected one of {labels} (task.labels) or 0..{len(labels) - 1}"
+        )
 
     def predict(
         self, model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int, progress: Progress
     ) -> list[str]:
         """Score all label options of a batch of examples in one forward pass; pick the most likely."""
         labels = self.labels
-        options = [tokenizer(f" {label}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for label in labels]
+        options = [
+            tokenizer(f" {label}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for label in labels
+        ]
         budget = self.max_length - max(len(option) for option in options)
         predictions: list[str] = []
         for batch in batches(examples, batch_size):
@@ -113,7 +117,9 @@ class Sentiment(Task):
         references = [example.reference for example in examples]
         return {
             "accuracy": lambda: compute("accuracy", predictions=predictions, references=references)["accuracy"],
-            "macro_f1": lambda: compute("macro_f1", predictions=predictions, references=references, labels=self.labels)["macro_f1"],
+            "macro_f1": lambda: compute("macro_f1", predictions=predictions, references=references, labels=self.labels)[
+                "macro_f1"
+            ],
         }
 
     def per_example(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, list[float]]:

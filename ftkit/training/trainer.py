@@ -22,14 +22,13 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ftkit import lineage
-from ftkit.training import adapters
-from ftkit.training import distributed
+from ftkit.data.encoding import IGNORE_INDEX, Encoded
+from ftkit.data.prepared import PreparedData
 from ftkit.errors import FtkitError
 from ftkit.models import LoadedModel, compute_dtype, load_model
-from ftkit.data.prepared import PreparedData
 from ftkit.recipe import Recipe
 from ftkit.runs import RunDir, append_jsonl, staged_dir, write_json, write_manifest
-from ftkit.data.encoding import IGNORE_INDEX, Encoded
+from ftkit.training import adapters, distributed
 
 
 class TrainingError(FtkitError):
@@ -72,7 +71,9 @@ class RunLog(TrainerCallback):
         if state.is_world_process_zero:
             self.started = time.perf_counter()
             self.tokens_at_start = state.num_input_tokens_seen
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=state.max_steps, initial=state.global_step, desc="train", unit="step", dynamic_ncols=True
+            )
 
     def tokens_per_second(self, state: Any) -> float:
         elapsed = time.perf_counter() - self.started
@@ -124,10 +125,13 @@ class CompletionLossTrainer(Trainer):
     """
 
     loss_is_scaled_for_ga = True
-    max_batch_tokens: int | None = None  # padded tokens one forward may hold; more and the batch is split (see training_step)
+    max_batch_tokens: int | None = (
+        None  # padded tokens one forward may hold; more and the batch is split (see training_step)
+    )
 
-    def training_step(self, model: Any, inputs: dict[str, torch.Tensor],
-                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    def training_step(
+        self, model: Any, inputs: dict[str, torch.Tensor], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
         """One micro-batch, run in row chunks when it holds more than `max_batch_tokens` padded tokens.
 
         Peak memory is set by the widest batch: one long example pads all its neighbours to its
@@ -138,10 +142,17 @@ class CompletionLossTrainer(Trainer):
         chunks = [inputs]
         if self.max_batch_tokens and num_items_in_batch is not None and self.args.world_size == 1:
             chunks = split_batch(inputs, self.max_batch_tokens)
-        return sum(super(CompletionLossTrainer, self).training_step(model, chunk, num_items_in_batch) for chunk in chunks)
+        return sum(
+            super(CompletionLossTrainer, self).training_step(model, chunk, num_items_in_batch) for chunk in chunks
+        )
 
-    def compute_loss(self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
-                     num_items_in_batch: torch.Tensor | int | None = None) -> Any:
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
         labels = inputs.pop("labels")
         keep = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
         outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
@@ -244,8 +255,14 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool) -> Tra
     )
 
 
-def train(recipe: Recipe, run: RunDir, prepared: PreparedData, *, resume: bool = False,
-          callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
+def train(
+    recipe: Recipe,
+    run: RunDir,
+    prepared: PreparedData,
+    *,
+    resume: bool = False,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> TrainResult:
     """Fine-tune the recipe's adapter; the adapter is written to `run.adapter` when done.
 
     `callbacks` are added to ftkit's own (the training benchmark times steps with the same callback

@@ -70,7 +70,9 @@ def _train_beside_main(recipe: Recipe, resume: bool) -> int:
     return 0
 
 
-def train_and_evaluate(recipe_path: Path, overrides: list[str], *, overwrite: bool, resume: bool, evaluate: bool) -> int:
+def train_and_evaluate(
+    recipe_path: Path, overrides: list[str], *, overwrite: bool, resume: bool, evaluate: bool
+) -> int:
     """Train, then evaluate; in one process, or in each process a launcher (torchrun, accelerate) started.
 
     Only the main process locks the run, checks it, (re)creates the run directory and writes into it; the
@@ -103,12 +105,21 @@ def train_and_evaluate(recipe_path: Path, overrides: list[str], *, overwrite: bo
         if not evaluate:
             return 0
         if distributed.shards_parameters():
-            print(f"evaluation skipped: FSDP/ZeRO-3 sharded the model across processes; evaluate the adapter with "
-                  f"`ftkit eval {recipe_path} --adapter {run.adapter}`", file=sys.stderr)
+            print(
+                f"evaluation skipped: FSDP/ZeRO-3 sharded the model across processes; evaluate the adapter with "
+                f"`ftkit eval {recipe_path} --adapter {run.adapter}`",
+                file=sys.stderr,
+            )
             return 0
         examples = prepared.splits[recipe.eval.split].examples[: recipe.eval.max_examples]
         report = evaluator.evaluate(
-            prepared.task, result.model, result.tokenizer, examples, {"adapter": "default"}, recipe.eval, split=recipe.eval.split
+            prepared.task,
+            result.model,
+            result.tokenizer,
+            examples,
+            {"adapter": "default"},
+            recipe.eval,
+            split=recipe.eval.split,
         )
         report.training = summary | {"peak_rss_mb": round(peak_rss_mb())}
         written = reports.write_reports(report, run.path, train_log=run.train_log)
@@ -133,8 +144,9 @@ def training_summary(result: TrainResult) -> dict[str, Any]:
     }
 
 
-def train_in_processes(nproc: int, recipe_path: Path, overrides: list[str], ftkit_args: list[str], *,
-                       overwrite: bool, resume: bool) -> int:
+def train_in_processes(
+    nproc: int, recipe_path: Path, overrides: list[str], ftkit_args: list[str], *, overwrite: bool, resume: bool
+) -> int:
     """`ftkit train --nproc N`: refuse what can be refused cheaply here, then hand off to a launcher.
 
     A bad recipe or an existing run directory fails with one line before any process starts; everything

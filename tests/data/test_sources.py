@@ -12,14 +12,21 @@ from ftkit.data.splits import load_split
 from ftkit.recipe import load_recipe
 from ftkit.tasks import get_task
 
-ROWS = [{"review_body": "Loved the blender.", "stars": "positive"}, {"review_body": "Broke in a week.", "stars": "negative"}]
+ROWS = [
+    {"review_body": "Loved the blender.", "stars": "positive"},
+    {"review_body": "Broke in a week.", "stars": "negative"},
+]
 
 
 def _write(path, rows, fmt):
     import datasets
 
     table = datasets.Dataset.from_list(rows)
-    {"jsonl": lambda: table.to_json(path), "csv": lambda: table.to_csv(path, index=False), "parquet": lambda: table.to_parquet(path)}[fmt]()
+    {
+        "jsonl": lambda: table.to_json(path),
+        "csv": lambda: table.to_csv(path, index=False),
+        "parquet": lambda: table.to_parquet(path),
+    }[fmt]()
     return path
 
 
@@ -30,7 +37,10 @@ def test_formats_read_the_same_rows(tmp_path, fmt) -> None:
 
 
 def _recipe(tmp_path, train, columns=None):
-    recipe = {"task": {"name": "sentiment"}, "data": {"train": str(train), "test": str(train), "columns": columns or {}}}
+    recipe = {
+        "task": {"name": "sentiment"},
+        "data": {"train": str(train), "test": str(train), "columns": columns or {}},
+    }
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return load_recipe(path)
@@ -53,7 +63,9 @@ def test_mapping_to_a_missing_column_lists_the_columns(tmp_path) -> None:
 
 def test_bad_row_is_named_by_file_and_row(tmp_path) -> None:
     path = tmp_path / "d.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in [{"text": "ok", "label": "positive"}, {"text": "", "label": "negative"}]))
+    path.write_text(
+        "\n".join(json.dumps(r) for r in [{"text": "ok", "label": "positive"}, {"text": "", "label": "negative"}])
+    )
     recipe = _recipe(tmp_path, path)
     with pytest.raises(DataError, match=r"d.jsonl:row 2: 'text' must be a non-empty string"):
         load_split(recipe, get_task(recipe.task, 64), "train").examples
@@ -64,7 +76,7 @@ def test_bad_row_is_named_by_file_and_row(tmp_path) -> None:
     [
         ("empty.jsonl", b"", "the file is empty"),
         ("junk.jsonl", b'{"text": "a", "label": "positive"}\n{not json\n', "junk.jsonl:line 2: cannot read as jsonl"),
-        ("scalar.jsonl", b'3\n', "expected one JSON object per line"),
+        ("scalar.jsonl", b"3\n", "expected one JSON object per line"),
         ("latin1.jsonl", '{"text": "caf\u00e9"}'.encode("latin-1"), "not UTF-8"),
         ("data.txt", b"hello", "cannot tell the format from '.txt'; set data.format"),
     ],
@@ -81,10 +93,19 @@ def test_lines_format_parses_sst2_style_text_with_a_regex(tmp_path) -> None:
     path = tmp_path / "stsa.binary.dev"
     path.write_text("1 a gorgeous , witty film .\n\n0 it 's a mess .\n")
     recipe_path = tmp_path / "r.yaml"
-    recipe_path.write_text(yaml.safe_dump({
-        "task": {"name": "sentiment"},
-        "data": {"train": str(path), "test": str(path), "format": "lines", "line_pattern": r"^(?P<label>[01]) (?P<text>.*)$"},
-    }))
+    recipe_path.write_text(
+        yaml.safe_dump(
+            {
+                "task": {"name": "sentiment"},
+                "data": {
+                    "train": str(path),
+                    "test": str(path),
+                    "format": "lines",
+                    "line_pattern": r"^(?P<label>[01]) (?P<text>.*)$",
+                },
+            }
+        )
+    )
     recipe = load_recipe(recipe_path)
     examples = load_split(recipe, get_task(recipe.task, 64), "test").examples
     assert [e.reference for e in examples] == ["positive", "negative"]

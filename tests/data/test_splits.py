@@ -15,8 +15,10 @@ from ftkit.data.splits import hash_split, load_split
 from ftkit.recipe import SplitConfig, load_recipe
 from ftkit.tasks import get_task
 
-REVIEWS = [f"review number {i} says the {w} was {'great' if i % 2 else 'awful'} and arrived on day {i % 7}" for i, w in
-           enumerate(["kettle", "lamp", "sofa", "drill", "mixer", "phone", "chair", "blanket"] * 10)]
+REVIEWS = [
+    f"review number {i} says the {w} was {'great' if i % 2 else 'awful'} and arrived on day {i % 7}"
+    for i, w in enumerate(["kettle", "lamp", "sofa", "drill", "mixer", "phone", "chair", "blanket"] * 10)
+]
 
 
 def _recipe(tmp_path: Path, data: dict, task: dict | None = None) -> Path:
@@ -49,7 +51,9 @@ def test_same_recipe_gives_byte_identical_splits(tmp_path) -> None:
     task = get_task(recipe.task, 64)
 
     def dump() -> bytes:
-        return json.dumps({s: [e.where for e in load_split(recipe, task, s).examples] for s in ("train", "validation", "test")}).encode()
+        return json.dumps(
+            {s: [e.where for e in load_split(recipe, task, s).examples] for s in ("train", "validation", "test")}
+        ).encode()
 
     assert dump() == dump()
     splits = {s: {e.where for e in load_split(recipe, task, s).examples} for s in ("train", "validation", "test")}
@@ -93,13 +97,26 @@ def test_planted_duplicates_are_reported_and_training_refuses(tmp_path, capsys) 
 def test_data_report_shows_lengths_masking_and_memory(write_recipe, capsys) -> None:
     assert main(["data", str(write_recipe("inspect"))]) == 0
     out = capsys.readouterr().out
-    for expected in ("train", "label balance (train): negative", "tokens/example p50", "EOS carries loss in 32 of 32",
-                     "overlap train vs test: 0 exact", "peak memory estimate: ~", "GB", "(loss only on «...»)", "«"):
+    for expected in (
+        "train",
+        "label balance (train): negative",
+        "tokens/example p50",
+        "EOS carries loss in 32 of 32",
+        "overlap train vs test: 0 exact",
+        "peak memory estimate: ~",
+        "GB",
+        "(loss only on «...»)",
+        "«",
+    ):
         assert expected in out, expected
 
 
 def test_bad_rows_fail_by_default_and_can_be_skipped_with_a_count(tmp_path) -> None:
-    rows = [{"text": "fine kettle", "label": "positive"}, {"text": "", "label": "negative"}, {"text": "ok", "label": "meh"}]
+    rows = [
+        {"text": "fine kettle", "label": "positive"},
+        {"text": "", "label": "negative"},
+        {"text": "ok", "label": "meh"},
+    ]
     data = _jsonl(tmp_path / "d.jsonl", rows)
     recipe = load_recipe(_recipe(tmp_path, {"train": str(data), "test": str(data)}))
     with pytest.raises(DataError, match=r"d.jsonl:row 2: 'text' must be .*data.bad_rows: skip"):
@@ -110,10 +127,18 @@ def test_bad_rows_fail_by_default_and_can_be_skipped_with_a_count(tmp_path) -> N
 
 
 def test_labels_can_be_inferred_from_training_data(tmp_path) -> None:
-    train = _jsonl(tmp_path / "train.jsonl", [{"text": f"t{i}", "category": c} for i, c in enumerate(["card_arrival", "top_up", "pin"] * 2)])
+    train = _jsonl(
+        tmp_path / "train.jsonl",
+        [{"text": f"t{i}", "category": c} for i, c in enumerate(["card_arrival", "top_up", "pin"] * 2)],
+    )
     test = _jsonl(tmp_path / "test.jsonl", [{"text": "x", "category": "unknown_intent"}])
-    recipe = load_recipe(_recipe(tmp_path, {"train": str(train), "test": str(test), "columns": {"label": "category"}},
-                                 {"name": "sentiment", "labels": None}))
+    recipe = load_recipe(
+        _recipe(
+            tmp_path,
+            {"train": str(train), "test": str(test), "columns": {"label": "category"}},
+            {"name": "sentiment", "labels": None},
+        )
+    )
     task = get_task(recipe.task, 64)
     assert task.needs_training_data()
     task.observe(load_split(recipe, task, "train").examples)
@@ -127,32 +152,65 @@ def test_json_key_squad_and_parallel_sources(tmp_path) -> None:
     assert read_rows(f"{tmp_path / 'all.json'}#test") == [{"0": "bye", "1": "leave"}]
     with pytest.raises(DataError, match="no top-level key 'dev'"):
         read_rows(f"{tmp_path / 'all.json'}#dev")
-    squad = {"data": [{"title": "t", "paragraphs": [{"context": "Ana was born in 1990.", "qas": [
-        {"id": "q1", "question": "When?", "answers": [{"text": "1990", "answer_start": 16}, {"text": "in 1990", "answer_start": 13}]}]}]}]}
+    squad = {
+        "data": [
+            {
+                "title": "t",
+                "paragraphs": [
+                    {
+                        "context": "Ana was born in 1990.",
+                        "qas": [
+                            {
+                                "id": "q1",
+                                "question": "When?",
+                                "answers": [
+                                    {"text": "1990", "answer_start": 16},
+                                    {"text": "in 1990", "answer_start": 13},
+                                ],
+                            }
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
     (tmp_path / "squad.json").write_text(json.dumps(squad))
-    recipe = load_recipe(_recipe(tmp_path, {"train": str(tmp_path / "squad.json"), "test": str(tmp_path / "squad.json"), "format": "squad"},
-                                 {"name": "qa"}))
+    recipe = load_recipe(
+        _recipe(
+            tmp_path,
+            {"train": str(tmp_path / "squad.json"), "test": str(tmp_path / "squad.json"), "format": "squad"},
+            {"name": "qa"},
+        )
+    )
     [example] = load_split(recipe, get_task(recipe.task, 128), "test").examples
     assert example.reference == ["1990", "in 1990"] and "Ana was born" in example.prompt
     (tmp_path / "text.txt").write_text("good\nbad\n")
     (tmp_path / "labels.txt").write_text("1\n0\n")
     assert read_rows({"text": str(tmp_path / "text.txt"), "label": str(tmp_path / "labels.txt")}) == [
-        {"text": "good", "label": "1"}, {"text": "bad", "label": "0"}]
+        {"text": "good", "label": "1"},
+        {"text": "bad", "label": "0"},
+    ]
     (tmp_path / "labels.txt").write_text("1\n")
     with pytest.raises(DataError, match="different numbers of lines"):
         read_rows({"text": str(tmp_path / "text.txt"), "label": str(tmp_path / "labels.txt")})
 
 
 def test_hub_sources_validate_offline_and_fail_clearly_without_a_network(tmp_path) -> None:
-    recipe = load_recipe(_recipe(tmp_path, {"train": "hub:stanfordnlp/sst2#train", "test": "hub:stanfordnlp/sst2#validation"}))
+    recipe = load_recipe(
+        _recipe(tmp_path, {"train": "hub:stanfordnlp/sst2#train", "test": "hub:stanfordnlp/sst2#validation"})
+    )
     assert recipe.data.train == "hub:stanfordnlp/sst2#train"
     with pytest.raises(DataError, match="hub:stanfordnlp/sst2#train: cannot load from the hub"):
         read_rows(recipe.data.train)
 
 
-def test_rows_too_long_to_encode_are_skipped_with_a_count_when_asked(write_recipe, sentiment_files, tmp_path, capsys) -> None:
+def test_rows_too_long_to_encode_are_skipped_with_a_count_when_asked(
+    write_recipe, sentiment_files, tmp_path, capsys
+) -> None:
     rows = [json.loads(line) for line in sentiment_files["train"].read_text().splitlines()]
-    indexed = _jsonl(tmp_path / "indexed.jsonl", [{"text": r["text"], "label": int(r["label"] == "positive")} for r in rows])
+    indexed = _jsonl(
+        tmp_path / "indexed.jsonl", [{"text": r["text"], "label": int(r["label"] == "positive")} for r in rows]
+    )
     data = {"train": str(indexed), "validation": None, "test": str(indexed), "max_length": 16, "allow_overlap": True}
     task = {"labels": ["no", "an extremely long label " * 10]}
     assert main(["data", str(write_recipe("strict", task=task, data=data))]) == 2

@@ -31,8 +31,15 @@ def test_qlora_steps_on_the_default_model_move_lora_and_lower_the_loss(default_m
     small.write_text("\n".join(train_rows) + "\n")
     recipe = load_recipe(
         REPO / "recipes/sentiment-smollm2-qlora.yaml",
-        [f"data.train={small}", "data.validation=null", "train.max_steps=6", "train.batch_size=4",
-         "train.grad_accum=1", "train.learning_rate=5e-4", f"output.dir={tmp_path / 'run'}"],
+        [
+            f"data.train={small}",
+            "data.validation=null",
+            "train.max_steps=6",
+            "train.batch_size=4",
+            "train.grad_accum=1",
+            "train.learning_rate=5e-4",
+            f"output.dir={tmp_path / 'run'}",
+        ],
     )
     assert recipe.model.source == "default" and recipe.model.quantization == "4bit"
     run = RunDir(recipe.run_dir)

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from ftkit.cli import main
-from ftkit.evaluation.compare import CompareError, compare_runs
 from ftkit.errors import FtkitError
+from ftkit.evaluation.compare import CompareError, compare_runs
 
 PREFIX = "ftkit: error: "
 

@@ -9,8 +9,8 @@ import pytest
 from ftkit.cli import main
 from ftkit.evaluation.evaluator import EvalReport, SystemResult
 from ftkit.evaluation.reports import render_markdown, to_json
-from ftkit.recipe import load_recipe
 from ftkit.evaluation.stats import Interval
+from ftkit.recipe import load_recipe
 from ftkit.tasks import get_task
 from ftkit.tasks.sentiment import SentimentOptions
 
@@ -25,7 +25,20 @@ def trained(write_recipe):
 def test_eval_compares_base_and_two_adapters_on_one_split(trained, tmp_path, capsys) -> None:
     path, adapter = trained
     out = tmp_path / "eval-out"
-    code = main(["eval", str(path), "--adapter", str(adapter), "--adapter", str(adapter), "--split", "validation", "--out", str(out)])
+    code = main(
+        [
+            "eval",
+            str(path),
+            "--adapter",
+            str(adapter),
+            "--adapter",
+            str(adapter),
+            "--split",
+            "validation",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["systems"]) == ["base", "evalrun", "evalrun-1"]
@@ -45,8 +58,19 @@ def test_eval_on_another_file_uses_the_recipe_column_mapping(trained, tmp_path) 
     path, adapter = trained
     other = tmp_path / "other.csv"
     other.write_text("sentence,polarity\nGreat value for the price.,1\nThe lid cracked on day one.,0\n")
-    code = main(["eval", str(path), "--adapter", str(adapter), "--data", str(other), "--out", str(tmp_path / "o"),
-                 "data.columns={text: sentence, label: polarity}"])
+    code = main(
+        [
+            "eval",
+            str(path),
+            "--adapter",
+            str(adapter),
+            "--data",
+            str(other),
+            "--out",
+            str(tmp_path / "o"),
+            "data.columns={text: sentence, label: polarity}",
+        ]
+    )
     assert code == 0
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert metrics["examples"] == 2 and metrics["split"].endswith("other.csv")
@@ -65,10 +89,16 @@ def test_report_says_plainly_when_a_difference_is_not_significant() -> None:
 
     ci = Interval(0.5, 0.2, 0.8, 0.95)
     report = EvalReport(
-        task=task, split="test", examples=examples, metric_names=["accuracy"],
-        systems=[SystemResult("base", ["negative"] * 10, {"accuracy": ci}, 1.0, [float(i % 2 == 0) for i in range(10)]),
-                 SystemResult("adapter", ["positive"] * 10, {"accuracy": ci}, 2.0, [float(i % 2 == 1) for i in range(10)])],
-        comparisons=[Comparison("adapter", "accuracy", 0.0, 1.0, "McNemar exact")], resamples=100,
+        task=task,
+        split="test",
+        examples=examples,
+        metric_names=["accuracy"],
+        systems=[
+            SystemResult("base", ["negative"] * 10, {"accuracy": ci}, 1.0, [float(i % 2 == 0) for i in range(10)]),
+            SystemResult("adapter", ["positive"] * 10, {"accuracy": ci}, 2.0, [float(i % 2 == 1) for i in range(10)]),
+        ],
+        comparisons=[Comparison("adapter", "accuracy", 0.0, 1.0, "McNemar exact")],
+        resamples=100,
     )
     text = render_markdown(report)
     assert "not significant" in text and "could be noise" in text

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from ftkit.data.encoding import encode_prompt_completion
 from ftkit.evaluation.inference import score_completions
 from ftkit.tasks import get_task
-from ftkit.data.encoding import encode_prompt_completion
 from ftkit.tasks.sentiment import SentimentOptions
 
 
@@ -36,7 +36,9 @@ def test_left_padded_batch_scores_equal_single_sequences(tiny, tokenizer) -> Non
 
 def test_predict_picks_the_highest_scoring_label(tiny, tokenizer) -> None:
     task = get_task(SentimentOptions(name="sentiment", labels=["negative", "positive"]), max_length=64)
-    examples = [task.make_example({"text": t, "label": "positive"}, f"f:row {i}") for i, t in enumerate(["good", "bad", "meh"])]
+    examples = [
+        task.make_example({"text": t, "label": "positive"}, f"f:row {i}") for i, t in enumerate(["good", "bad", "meh"])
+    ]
     seen = []
     predictions = task.predict(tiny, tokenizer, examples, batch_size=2, progress=seen.append)
     assert seen == [2, 1]
@@ -54,7 +56,9 @@ def test_shared_prompt_option_scores_equal_full_sequences(tiny_model_dir, tokeni
     from ftkit.models import load_model
     from ftkit.recipe import ModelConfig
 
-    model = load_model(ModelConfig(source=str(tiny_model_dir), quantization=quantization, compute_dtype="float32")).model.eval()
+    model = load_model(
+        ModelConfig(source=str(tiny_model_dir), quantization=quantization, compute_dtype="float32")
+    ).model.eval()
     prompts = ["Review: short\nSentiment:", "Review: a much longer review about a toaster that burnt bread\nSentiment:"]
     labels = [" negative", " very positive", " ok"]
     options = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in labels]

@@ -13,8 +13,9 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -156,9 +157,7 @@ def test_macro_f1_never_predicted_class_and_matrix_orientation() -> None:
 
 def test_macro_f1_label_absent_everywhere_still_counts() -> None:
     refs, preds = ["pos", "pos", "neg", "neu"], ["pos", "neg", "neg", "neg"]
-    out = metric("macro_f1").compute(
-        predictions=preds, references=refs, labels=["pos", "neg", "neu", "other"]
-    )
+    out = metric("macro_f1").compute(predictions=preds, references=refs, labels=["pos", "neg", "neu", "other"])
     assert out["macro_f1"] == pytest.approx((2 / 3 + 1 / 2) / 4)
     assert out["per_class"]["other"]["support"] == 0
 
@@ -281,9 +280,7 @@ def test_unicode_tokenizer() -> None:
 
 
 def test_rouge_l_several_references_takes_best() -> None:
-    out = metric("rouge_l").compute(
-        predictions=["a b c d", "x y"], references=[["x y", "a b c d"], ["x y z w", "x"]]
-    )
+    out = metric("rouge_l").compute(predictions=["a b c d", "x y"], references=[["x y", "a b c d"], ["x y z w", "x"]])
     # ex2: vs "x y z w" P=1 R=1/2 F=2/3; vs "x" P=1/2 R=1 F=2/3 -> 2/3
     assert out["rouge_l"] == pytest.approx((1 + 2 / 3) / 2)
 

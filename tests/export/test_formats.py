@@ -54,7 +54,7 @@ def test_gguf_export_loads_back_through_transformers(trained_run, tmp_path, caps
     model = AutoModelForCausalLM.from_pretrained(out, gguf_file="gguf.gguf", dtype=torch.float32)
     assert model.config.num_hidden_layers == 2
     modelfile = (out / "Modelfile").read_text()
-    assert modelfile.startswith("FROM ./gguf.gguf\n") and '{{ range .Messages }}' in modelfile
+    assert modelfile.startswith("FROM ./gguf.gguf\n") and "{{ range .Messages }}" in modelfile
     assert 'PARAMETER stop "<|im_end|>"' in modelfile
 
 
@@ -70,9 +70,14 @@ def test_ollama_template_translation_reproduces_the_chat_template(tokenizer) -> 
     assert template.prefix["user"] == "<|im_start|>user\n" and template.suffix["user"] == "<|im_end|>\n"
     assert template.generation == "<|im_start|>assistant\n"
     assert template.default_system and "SmolLM" in template.default_system  # SmolLM2 adds one when none is given
-    conversation = [{"role": "user", "content": "Is my parcel late?"}, {"role": "assistant", "content": "No."},
-                    {"role": "user", "content": "Sure?"}]
-    assert template.render(conversation) == tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    conversation = [
+        {"role": "user", "content": "Is my parcel late?"},
+        {"role": "assistant", "content": "No."},
+        {"role": "user", "content": "Sure?"},
+    ]
+    assert template.render(conversation) == tokenizer.apply_chat_template(
+        conversation, tokenize=False, add_generation_prompt=True
+    )
 
 
 def test_a_template_that_is_not_per_message_is_refused(tokenizer) -> None:
@@ -86,7 +91,9 @@ def test_a_template_that_is_not_per_message_is_refused(tokenizer) -> None:
 
 
 def test_go_template_is_one_branch_per_role() -> None:
-    template = RoleTemplate({"system": "S:", "user": "U:", "assistant": "A:"}, {"system": "\n", "user": "\n", "assistant": "\n"}, "A:", None)
+    template = RoleTemplate(
+        {"system": "S:", "user": "U:", "assistant": "A:"}, {"system": "\n", "user": "\n", "assistant": "\n"}, "A:", None
+    )
     assert template.go_template() == (
         '{{ range .Messages }}{{ if eq .Role "system" }}S:{{ .Content }}\n{{ else if eq .Role "user" }}U:{{ .Content }}\n'
         '{{ else if eq .Role "assistant" }}A:{{ .Content }}\n{{ end }}{{ end }}A:'

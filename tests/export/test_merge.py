@@ -17,7 +17,9 @@ def _logits(model, ids: list[int]) -> torch.Tensor:
         return model(torch.tensor([ids])).logits[0].float()
 
 
-def test_merged_folder_loads_without_ftkit_and_matches_the_adapter(trained_run, tiny_model_dir, tmp_path, capsys) -> None:
+def test_merged_folder_loads_without_ftkit_and_matches_the_adapter(
+    trained_run, tiny_model_dir, tmp_path, capsys
+) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -31,7 +33,9 @@ def test_merged_folder_loads_without_ftkit_and_matches_the_adapter(trained_run, 
 
     # plain transformers and plain peft, no ftkit code involved
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), RunDir(run).adapter)
+    adapter = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), RunDir(run).adapter
+    )
     ids = AutoTokenizer.from_pretrained(out)("The service was quick and friendly.")["input_ids"]
     diff = (_logits(merged, ids) - _logits(adapter, ids)).abs().max()
     assert diff < 1e-4
@@ -59,9 +63,9 @@ def test_quantized_adapter_merges_into_dequantized_weights(trained_run, tmp_path
 def test_merging_into_quantized_weights_is_refused(tiny_model_dir) -> None:
     from peft import get_peft_model
 
-    from ftkit.training.adapters import lora_config
     from ftkit.models import load_model
     from ftkit.recipe import AdapterConfig, ModelConfig
+    from ftkit.training.adapters import lora_config
 
     model = load_model(ModelConfig(source=str(tiny_model_dir), quantization="4bit")).model
     with pytest.raises(MergeError, match="refusing to merge"):
@@ -83,12 +87,29 @@ def test_existing_output_is_kept_unless_overwrite(trained_run, tmp_path, capsys)
 def test_combined_adapter_is_evaluated_like_any_other(trained_run, tmp_path, capsys) -> None:
     a, b = trained_run("a", train={"max_steps": 3, "seed": 1}), trained_run("b", train={"max_steps": 3, "seed": 2})
     out = tmp_path / "ab"
-    assert main(["merge", "--adapters", str(a), str(b), "--weights", "0.5", "0.5", "--method", "ties", "--out", str(out)]) == 0
+    assert (
+        main(["merge", "--adapters", str(a), str(b), "--weights", "0.5", "0.5", "--method", "ties", "--out", str(out)])
+        == 0
+    )
     lineage = json.loads((out / "manifest.json").read_text())["lineage"]
     assert [i["weight"] for i in lineage["combined"]["inputs"]] == [0.5, 0.5]
     recipe = a.parent.parent / "a.yaml"
     capsys.readouterr()
-    assert main(["eval", str(recipe), "--adapter", str(out), "--adapter", str(RunDir(a).adapter), "--out", str(tmp_path / "ev")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(recipe),
+                "--adapter",
+                str(out),
+                "--adapter",
+                str(RunDir(a).adapter),
+                "--out",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 0
+    )
     systems = json.loads((tmp_path / "ev" / "metrics.json").read_text())["systems"]
     assert set(systems) == {"base", "ab", "a"}
     assert main(["merge", "--adapters", str(a), "--weights", "1", "--out", str(tmp_path / "one")]) == 2

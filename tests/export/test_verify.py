@@ -20,11 +20,16 @@ THREE_TURNS = [
 ]
 
 
-def test_chat_probes_ask_for_the_last_assistant_turn_of_a_three_turn_conversation(write_recipe, tmp_path, tokenizer) -> None:
+def test_chat_probes_ask_for_the_last_assistant_turn_of_a_three_turn_conversation(
+    write_recipe, tmp_path, tokenizer
+) -> None:
     data = tmp_path / "chat.jsonl"
     data.write_text(json.dumps({"messages": THREE_TURNS}) + "\n" + json.dumps({"messages": THREE_TURNS[:3]}) + "\n")
-    path = write_recipe("chatrun", task={"name": "chat"}, data={"train": str(data), "validation": None, "test": str(data),
-                                                                  "max_length": 512, "allow_overlap": True})
+    path = write_recipe(
+        "chatrun",
+        task={"name": "chat"},
+        data={"train": str(data), "validation": None, "test": str(data), "max_length": 512, "allow_overlap": True},
+    )
     recipe = load_recipe(path)
     run = RunDir(recipe.run_dir)
     run.path.mkdir(parents=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ftkit.serving import runtime
 from ftkit.cli import main
+from ftkit.serving import runtime
 from tests.tiny_adapters import make_run
 
 OTHER_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
@@ -47,7 +47,11 @@ def test_history_system_prompt_and_reset(monkeypatch, capsys, run_dir: Path, pro
     assert out.count("assistant> ") == 4
     first_answer = prompts[1][1]
     assert prompts[0] == [{"role": "user", "content": "Hello there"}]
-    assert prompts[1][0] == prompts[0][0] and first_answer["role"] == "assistant" and prompts[1][2]["content"] == "And again"
+    assert (
+        prompts[1][0] == prompts[0][0]
+        and first_answer["role"] == "assistant"
+        and prompts[1][2]["content"] == "And again"
+    )
     assert first_answer["content"] and first_answer["content"] in out, "the streamed answer is what the history keeps"
     assert prompts[2][0] == {"role": "system", "content": "Be brief."} and prompts[2][1:4] == prompts[1]
     assert prompts[2][-1] == {"role": "user", "content": "Third"}, "the system prompt heads the kept history"
@@ -93,7 +97,9 @@ def test_chat_with_a_model_folder(monkeypatch, capsys, tiny_model_dir: Path) -> 
     assert "chatting with base" in capsys.readouterr().err
 
 
-def test_a_different_chat_template_than_trained_is_reported(monkeypatch, caplog, tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_a_different_chat_template_than_trained_is_reported(
+    monkeypatch, caplog, tmp_path: Path, tiny_model_dir: Path
+) -> None:
     run = make_run(tmp_path, tiny_model_dir, "templated", seed=4, trained_template=OTHER_TEMPLATE)
     assert chat(monkeypatch, run, "") == 0  # the CLI's log handler prints warnings on stderr; pytest captures them here
     assert "chat template differs from the one the adapter was trained with" in caplog.text

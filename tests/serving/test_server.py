@@ -17,8 +17,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from ftkit.serving import runtime
 from ftkit.cli import main
+from ftkit.serving import runtime
 from ftkit.serving.server import Limits, bind, create_app, server
 from tests.tiny_adapters import make_adapter, make_run
 
@@ -128,7 +128,9 @@ def error_of(response: httpx.Response, status: int) -> dict:
 def post(base_url: str, body: object, *, key: str | None = KEY, raw: object = None) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     if raw is not None:
-        return httpx.post(f"{base_url}/v1/chat/completions", content=raw, headers=headers | {"Content-Type": "application/json"})
+        return httpx.post(
+            f"{base_url}/v1/chat/completions", content=raw, headers=headers | {"Content-Type": "application/json"}
+        )
     return httpx.post(f"{base_url}/v1/chat/completions", json=body, headers=headers)
 
 
@@ -170,7 +172,9 @@ def test_body_over_the_limit_is_413_with_or_without_a_declared_length(base_url: 
 
 
 def test_a_body_that_is_not_a_json_object_is_400(base_url: str) -> None:
-    response = httpx.post(f"{base_url}/v1/chat/completions", content=b"[1, 2]", headers={"Authorization": f"Bearer {KEY}"})
+    response = httpx.post(
+        f"{base_url}/v1/chat/completions", content=b"[1, 2]", headers={"Authorization": f"Bearer {KEY}"}
+    )
     assert "must be a JSON object" in error_of(response, 400)["message"]
 
 
@@ -203,8 +207,10 @@ def test_health_needs_no_key(base_url: str) -> None:
 def test_adapters_of_different_bases_are_refused_before_loading(tmp_path: Path) -> None:
     from ftkit.recipe import ModelConfig
 
-    targets = [runtime.Target("a", ModelConfig(source=str(tmp_path)), tmp_path),
-               runtime.Target("b", ModelConfig(source="default"), tmp_path)]
+    targets = [
+        runtime.Target("a", ModelConfig(source=str(tmp_path)), tmp_path),
+        runtime.Target("b", ModelConfig(source="default"), tmp_path),
+    ]
     with pytest.raises(runtime.DeployError, match="one process serves adapters of one base model"):
         runtime.shared_base(targets, None)
 

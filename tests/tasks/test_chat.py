@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ftkit.tasks import get_task
 from ftkit.data.encoding import IGNORE_INDEX
 from ftkit.errors import RowError
+from ftkit.tasks import get_task
 from ftkit.tasks.chat import ChatOptions
 
 CONVERSATION = [
@@ -60,7 +60,9 @@ def test_truncation_drops_the_oldest_tokens_and_keeps_the_last_reply(tokenizer) 
     chat = get_task(ChatOptions(name="chat"), max_length=40)
     encoded = chat.encode(chat.make_example({"messages": CONVERSATION}, "f:row 3"), tokenizer)
     assert len(encoded.input_ids) == 40 and encoded.prompt_truncated
-    assert CONVERSATION[4]["content"] in tokenizer.decode([t for t, l in zip(encoded.input_ids, encoded.labels) if l != -100])
+    assert CONVERSATION[4]["content"] in tokenizer.decode(
+        [t for t, l in zip(encoded.input_ids, encoded.labels) if l != -100]
+    )
 
 
 @pytest.mark.parametrize(
@@ -70,7 +72,10 @@ def test_truncation_drops_the_oldest_tokens_and_keeps_the_last_reply(tokenizer) 
         ([{"role": "user", "content": "hi"}], "must end with an assistant turn"),
         ([{"role": "assistant", "content": "hi"}], "needs a user turn"),
         ([{"role": "customer", "content": "hi"}, {"role": "assistant", "content": "yo"}], "turn 1 must be"),
-        ([{"role": "user", "content": " "}, {"role": "assistant", "content": "yo"}], r"turn 1 \(user\) has empty content"),
+        (
+            [{"role": "user", "content": " "}, {"role": "assistant", "content": "yo"}],
+            r"turn 1 \(user\) has empty content",
+        ),
     ],
 )
 def test_malformed_conversations_name_the_row(chat, messages, message) -> None:
@@ -95,7 +100,9 @@ def test_predict_generates_replies_and_scores_reference_likelihood(chat, tokeniz
 
 def test_sharegpt_alpaca_and_user_assistant_rows_become_messages() -> None:
     task = get_task(ChatOptions(name="chat"), 64)
-    sharegpt = task.convert_row({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]})
+    sharegpt = task.convert_row(
+        {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+    )
     assert sharegpt["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     alpaca = {"instruction": "Summarise", "input": "long text", "output": "short"}
     assert task.convert_row(alpaca)["messages"][0] == {"role": "user", "content": "Summarise\n\nlong text"}

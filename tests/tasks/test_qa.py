@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ftkit.tasks import get_task
 from ftkit.errors import RowError
+from ftkit.tasks import get_task
 from ftkit.tasks.qa import QAOptions
 
 
@@ -28,8 +28,10 @@ def test_bad_answers_name_the_row(qa, answer) -> None:
 
 
 def test_score_is_best_over_acceptable_answers(qa) -> None:
-    examples = [qa.make_example({"question": "When?", "answer": ["1998", "in 1998"]}, "f:row 1"),
-                qa.make_example({"question": "Who?", "answer": "Dr. Ana Ruiz"}, "f:row 2")]
+    examples = [
+        qa.make_example({"question": "When?", "answer": ["1998", "in 1998"]}, "f:row 1"),
+        qa.make_example({"question": "Who?", "answer": "Dr. Ana Ruiz"}, "f:row 2"),
+    ]
     scores = qa.score(["In 1998.", "Ana Ruiz"], examples)
     assert scores["exact_match"] == pytest.approx(0.5)
     assert scores["f1"] == pytest.approx((1.0 + 2 * (2 / 3 * 1.0) / (2 / 3 + 1.0)) / 2)
@@ -41,7 +43,9 @@ def test_predict_returns_one_line_per_example(qa, tokenizer, tiny_model_dir) -> 
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    examples = [qa.make_example({"question": f"Q{i}?", "context": "Some text.", "answer": "x"}, f"f:row {i}") for i in range(3)]
+    examples = [
+        qa.make_example({"question": f"Q{i}?", "context": "Some text.", "answer": "x"}, f"f:row {i}") for i in range(3)
+    ]
     predictions = qa.predict(model, tokenizer, examples, batch_size=2, progress=lambda n: None)
     assert len(predictions) == 3 and all("\n" not in p for p in predictions)
     # Batched generation is independent of batch composition.
@@ -65,7 +69,10 @@ def test_alpaca_rows_become_a_question_and_its_answer() -> None:
 def test_squad_answers_in_every_layout_become_the_answer_list() -> None:
     task = get_task(QAOptions(name="qa"), 64)
     row = {"question": "When?", "context": "Ana was born in 1990."}
-    for answers in (["1990", "in 1990"], [{"text": "1990", "answer_start": 16}, {"text": "in 1990", "answer_start": 13}],
-                    {"text": ["1990", "in 1990"], "answer_start": [16, 13]}):
+    for answers in (
+        ["1990", "in 1990"],
+        [{"text": "1990", "answer_start": 16}, {"text": "in 1990", "answer_start": 13}],
+        {"text": ["1990", "in 1990"], "answer_start": [16, 13]},
+    ):
         example = task.make_example(task.convert_row(row | {"answers": answers}), "f:row 1")
         assert example.reference == ["1990", "in 1990"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ftkit.tasks import get_task
 from ftkit.data.encoding import IGNORE_INDEX, encode_prompt_completion
 from ftkit.errors import RowError
+from ftkit.tasks import get_task
 from ftkit.tasks.sentiment import SentimentOptions
 
 

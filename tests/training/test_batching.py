@@ -35,8 +35,10 @@ def tiny_model(tiny_model_dir):
 @pytest.fixture(scope="module")
 def rows(tokenizer):
     """Examples of very different lengths, as the trainer receives them."""
-    encoded = [encode_prompt_completion(tokenizer, f"Review: {text}\nSentiment:", label, 96)
-               for text, label in zip(REVIEWS, [" positive", " positive", " negative", " very positive", " negative"])]
+    encoded = [
+        encode_prompt_completion(tokenizer, f"Review: {text}\nSentiment:", label, 96)
+        for text, label in zip(REVIEWS, [" positive", " positive", " negative", " very positive", " negative"])
+    ]
     return [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
 
 
@@ -45,7 +47,9 @@ def per_example_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     with torch.no_grad():
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
     targets = batch["labels"][:, 1:]
-    token_loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    token_loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )
     return token_loss.sum(dim=1) / (targets != IGNORE_INDEX).sum(dim=1)
 
 
@@ -74,7 +78,9 @@ def test_split_batch_chunks_give_the_same_per_example_losses(tiny_model, tokeniz
 def _lora_grads(trainer_model, tokenizer, rows, tmp_path, max_batch_tokens: int | None) -> dict[str, torch.Tensor]:
     from transformers import TrainingArguments
 
-    trainer = CompletionLossTrainer(model=trainer_model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+    trainer = CompletionLossTrainer(
+        model=trainer_model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    )
     trainer.max_batch_tokens = max_batch_tokens
     batch = Collator(tokenizer.pad_token_id)(rows)
     trained = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
@@ -90,7 +96,9 @@ def test_split_training_step_takes_the_same_gradient(tiny_model_dir, tokenizer, 
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False))
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False)
+    )
     whole = _lora_grads(model, tokenizer, rows, tmp_path, None)
     split = _lora_grads(model, tokenizer, rows, tmp_path, 40)
     assert whole.keys() == split.keys() and len(whole) > 2
@@ -116,7 +124,9 @@ def test_grouped_and_split_training_equals_plain_training(write_recipe, sentimen
     import ftkit.training.trainer
 
     splits = []
-    monkeypatch.setattr(ftkit.training.trainer, "split_batch", lambda batch, n: splits.append(n) or split_batch(batch, n))
+    monkeypatch.setattr(
+        ftkit.training.trainer, "split_batch", lambda batch, n: splits.append(n) or split_batch(batch, n)
+    )
     adapters = []
     for name, grouped in (("grouped", True), ("plain", False)):
         cfg = {"max_steps": 1, "batch_size": 12, "group_by_length": grouped, "warmup_ratio": 0.0, "learning_rate": 1e-3}
@@ -138,8 +148,15 @@ def test_bf16_compute_dtype_trains_to_the_fp32_loss(write_recipe) -> None:
     """The dtype ftkit picks on CPUs with native bf16 learns like fp32: same steps, final loss within 2 %."""
     losses = {}
     for dtype in ("float32", "bfloat16"):
-        recipe = load_recipe(write_recipe(f"dtype-{dtype}", model={"compute_dtype": dtype}, adapter={"dropout": 0.0},
-                                          data={"validation": None}, train={"max_steps": 6, "learning_rate": 5e-3}))
+        recipe = load_recipe(
+            write_recipe(
+                f"dtype-{dtype}",
+                model={"compute_dtype": dtype},
+                adapter={"dropout": 0.0},
+                data={"validation": None},
+                train={"max_steps": 6, "learning_rate": 5e-3},
+            )
+        )
         run = RunDir(recipe.run_dir)
         run.path.mkdir(parents=True)
         result = train(recipe, run, prepare(recipe))

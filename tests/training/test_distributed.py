@@ -12,18 +12,24 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ftkit.training import distributed
 from ftkit.cli import main
 from ftkit.recipe import load_recipe
 from ftkit.runs import RunDir
+from ftkit.training import distributed
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "recipes" / "accelerate"
 
 # Every optimizer step sees all 32 training rows (2 processes x 8 x 2 micro-batches, or 1 x 32 x 1), so
 # both runs take their gradients over the same examples whatever order the samplers draw them in.
-WHOLE_DATA_STEPS = {"max_steps": 3, "learning_rate": 1e-3, "warmup_ratio": 0.0, "group_by_length": False,
-                    "save_every": 2, "log_every": 1}
+WHOLE_DATA_STEPS = {
+    "max_steps": 3,
+    "learning_rate": 1e-3,
+    "warmup_ratio": 0.0,
+    "group_by_length": False,
+    "save_every": 2,
+    "log_every": 1,
+}
 
 
 def _ftkit(*args: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -99,8 +105,18 @@ def test_world_size_other_than_asked_is_refused(monkeypatch) -> None:
 
 def test_nproc_hands_off_to_an_existing_launcher() -> None:
     cpu = distributed.launcher_command(2, ["train", "r.yaml", "--overwrite"], gpus=0)
-    assert cpu[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                       "-m", "ftkit.cli", "train", "r.yaml", "--overwrite"]
+    assert cpu[1:] == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "ftkit.cli",
+        "train",
+        "r.yaml",
+        "--overwrite",
+    ]
     gpu = distributed.launcher_command(2, ["train", "r.yaml"], gpus=4)
     assert gpu[1:5] == ["-m", "accelerate.commands.launch", "--num_processes", "2"]
     with pytest.raises(distributed.DistributedError, match="only 2 CUDA GPU"):
@@ -144,8 +160,9 @@ def _launcher_env(config: Path) -> dict[str, str]:
         ("deepspeed-zero3", "DEEPSPEED", 2, True),
     ],
 )
-def test_accelerate_configs_parse_and_ftkit_adapts_to_them(name: str, kind: str, processes: int, sharded: bool,
-                                                           monkeypatch) -> None:
+def test_accelerate_configs_parse_and_ftkit_adapts_to_them(
+    name: str, kind: str, processes: int, sharded: bool, monkeypatch
+) -> None:
     from accelerate.commands.config.config_args import load_config_from_file
 
     from ftkit.models import ModelError, compute_dtype, quantization_config

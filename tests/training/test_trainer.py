@@ -24,7 +24,9 @@ def _with_index_labels(source: Path, tmp_path: Path) -> Path:
     """The rows of `source` with labels as indices (0 = negative), so any label words can be used."""
     rows = [json.loads(line) for line in source.read_text().splitlines()]
     out = tmp_path / "indexed.jsonl"
-    out.write_text("".join(json.dumps({"text": r["text"], "label": int(r["label"] == "positive")}) + "\n" for r in rows))
+    out.write_text(
+        "".join(json.dumps({"text": r["text"], "label": int(r["label"] == "positive")}) + "\n" for r in rows)
+    )
     return out
 
 
@@ -137,10 +139,17 @@ def test_completion_only_lm_head_gives_the_full_sequence_loss(tiny_model_dir, to
     from ftkit.training.trainer import CompletionLossTrainer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    rows = [encode_prompt_completion(tokenizer, p, c, 64) for p, c in
-            [("Review: fine\nSentiment:", " positive"), ("Review: a much longer text about a kettle\nSentiment:", " very negative")]]
+    rows = [
+        encode_prompt_completion(tokenizer, p, c, 64)
+        for p, c in [
+            ("Review: fine\nSentiment:", " positive"),
+            ("Review: a much longer text about a kettle\nSentiment:", " very negative"),
+        ]
+    ]
     batch = Collator(tokenizer.pad_token_id)([{"input_ids": r.input_ids, "labels": r.labels} for r in rows])
-    trainer = CompletionLossTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+    trainer = CompletionLossTrainer(
+        model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    )
     with torch.no_grad():
         fast, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True)
         full = model(**batch).loss

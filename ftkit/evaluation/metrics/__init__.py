@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import evaluate
@@ -60,7 +61,7 @@ def metric_path(name: str) -> Path:
     return _HERE / f"{name}.py"
 
 
-def load_metric(name: str, **load_kwargs: Any) -> "evaluate.EvaluationModule":
+def load_metric(name: str, **load_kwargs: Any) -> evaluate.EvaluationModule:
     """Load one of :func:`available_metrics` offline via ``evaluate.load(<script path>)``.
 
     ``load_kwargs`` go to ``evaluate.load``. ``keep_in_memory`` defaults to True
@@ -76,8 +77,8 @@ def load_metric(name: str, **load_kwargs: Any) -> "evaluate.EvaluationModule":
     return evaluate.load(str(path), **load_kwargs)
 
 
-@functools.lru_cache(maxsize=None)
-def _loaded(name: str) -> "evaluate.EvaluationModule":
+@functools.cache
+def _loaded(name: str) -> evaluate.EvaluationModule:
     return load_metric(name)
 
 
@@ -91,9 +92,7 @@ def compute(name: str, **inputs: Any) -> dict[str, Any]:
     return _loaded(name)._compute(**inputs)
 
 
-def per_example(
-    name: str, predictions: Sequence[str], references: Sequence[Any], **kwargs: Any
-) -> list[float]:
+def per_example(name: str, predictions: Sequence[str], references: Sequence[Any], **kwargs: Any) -> list[float]:
     """Per-example scores on the metric's own scale, for bootstrap resampling.
 
     Means of ``accuracy`` (0/1), ``squad_exact_match``, ``squad_f1`` and
@@ -105,8 +104,6 @@ def per_example(
     if name not in _PER_EXAMPLE:
         raise _unknown("per-example metric", name, available_per_example())
     module_name, func_name, key = _PER_EXAMPLE[name]
-    scorer: Callable[..., Any] = getattr(
-        importlib.import_module(f"{__name__}.{module_name}"), func_name
-    )
+    scorer: Callable[..., Any] = getattr(importlib.import_module(f"{__name__}.{module_name}"), func_name)
     scores = scorer(predictions, references, **kwargs)
     return list(scores[key] if key is not None else scores)

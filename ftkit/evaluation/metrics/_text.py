@@ -11,7 +11,8 @@ import scanner does not recognise ``from . import _text``).
 from __future__ import annotations
 
 import unicodedata
-from typing import Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import datasets
 
@@ -26,9 +27,7 @@ def text_features() -> list[datasets.Features]:
     the first example fits, and a plain string would also "fit" a sequence.
     """
     return [
-        datasets.Features(
-            {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-        ),
+        datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
         datasets.Features(
             {
                 "predictions": datasets.Value("string"),
@@ -41,16 +40,12 @@ def text_features() -> list[datasets.Features]:
 def check_lengths(predictions: Sequence[object], references: Sequence[object]) -> None:
     """Fail early (with a useful message) on empty or misaligned inputs."""
     if len(predictions) != len(references):
-        raise ValueError(
-            f"got {len(predictions)} predictions but {len(references)} references"
-        )
+        raise ValueError(f"got {len(predictions)} predictions but {len(references)} references")
     if len(predictions) == 0:
         raise ValueError("need at least one example")
 
 
-def as_reference_lists(
-    references: Sequence[References], allow_empty: bool = False
-) -> list[list[str]]:
+def as_reference_lists(references: Sequence[References], allow_empty: bool = False) -> list[list[str]]:
     """Turn each example's reference(s) into a list of strings.
 
     Empty lists are rejected unless ``allow_empty`` (SQuAD v2 uses them for

@@ -6,7 +6,7 @@ generation; sacrebleu is the reference implementation.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import evaluate
 from sacrebleu.metrics import CHRF
@@ -35,7 +35,7 @@ Returns:
 """
 
 
-def _reference_streams(references: Sequence[References]) -> list[list[Optional[str]]]:
+def _reference_streams(references: Sequence[References]) -> list[list[str | None]]:
     """Transpose per-example reference lists into sacrebleu's reference streams;
     sacrebleu skips ``None``, which allows a different number of references per example."""
     per_example = as_reference_lists(references)

@@ -7,7 +7,8 @@ minority class.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import datasets
 import evaluate
@@ -41,9 +42,7 @@ Returns:
 """
 
 
-def _label_order(
-    predictions: Sequence[str], references: Sequence[str], labels: Optional[Sequence[str]]
-) -> list[str]:
+def _label_order(predictions: Sequence[str], references: Sequence[str], labels: Sequence[str] | None) -> list[str]:
     """Resolve and validate the label order shared by all outputs."""
     if labels is None:
         return sorted(set(references) | set(predictions))
@@ -76,7 +75,7 @@ class MacroF1(evaluate.Metric):
         self,
         predictions: list[str],
         references: list[str],
-        labels: Optional[Sequence[str]] = None,
+        labels: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         check_lengths(predictions, references)
         order = _label_order(predictions, references, labels)

@@ -9,7 +9,7 @@ token-weighted perplexity, not a (biased) mean of per-example perplexities.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import datasets
 import evaluate
@@ -60,9 +60,7 @@ class Perplexity(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_INPUTS,
-            features=datasets.Features(
-                {"nll": datasets.Value("float64"), "num_tokens": datasets.Value("int64")}
-            ),
+            features=datasets.Features({"nll": datasets.Value("float64"), "num_tokens": datasets.Value("int64")}),
             reference_urls=["https://huggingface.co/docs/transformers/perplexity"],
         )
 

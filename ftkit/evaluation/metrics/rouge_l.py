@@ -9,7 +9,7 @@ We keep rouge-score's LCS arithmetic and swap in :class:`UnicodeTokenizer`.
 from __future__ import annotations
 
 import unicodedata
-from typing import Sequence
+from collections.abc import Sequence
 
 import evaluate
 from rouge_score import rouge_scorer

@@ -15,7 +15,7 @@ import re
 import string
 import unicodedata
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import evaluate
 
@@ -46,9 +46,7 @@ _ASCII_PUNCT = frozenset(string.punctuation)
 def normalize_answer(text: str) -> str:
     """SQuAD answer normalisation (see module docstring for the Unicode extensions)."""
     text = nfkc(text).lower()
-    text = "".join(
-        ch for ch in text if ch not in _ASCII_PUNCT and not unicodedata.category(ch).startswith("P")
-    )
+    text = "".join(ch for ch in text if ch not in _ASCII_PUNCT and not unicodedata.category(ch).startswith("P"))
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
 
@@ -74,9 +72,7 @@ def score_one(prediction: str, answers: Sequence[str]) -> tuple[float, float]:
     return em, f1
 
 
-def example_scores(
-    predictions: Sequence[str], references: Sequence[References]
-) -> dict[str, list[float]]:
+def example_scores(predictions: Sequence[str], references: Sequence[References]) -> dict[str, list[float]]:
     """Per-example {"exact_match": [...], "f1": [...]}; their means are the corpus scores."""
     check_lengths(predictions, references)
     answers = as_reference_lists(references, allow_empty=True)
