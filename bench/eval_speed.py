@@ -96,7 +96,8 @@ def main() -> None:
     table = "\n".join(
         ["| method | examples | median s | examples/s | accuracy |", "|---|---|---|---|---|"]
         + [
-            f"| {row['method']} | {row['examples']} | {row['median_s']} | {row['examples_per_s']} | {row['accuracy']:.3f} |"
+            f"| {row['method']} | {row['examples']} | {row['median_s']} | {row['examples_per_s']} "
+            f"| {row['accuracy']:.3f} |"
             for row in rows
         ]
     )

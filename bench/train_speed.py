@@ -20,12 +20,13 @@ validation examples after training, computed by one function for both sides.
     python bench/train_speed.py --quick         # 4-bit, 1 pair, 3 steps: does the harness work?
     python bench/train_speed.py --modes 4bit --pairs 1 --steps 6 --variants ftkit-fp32,ftkit-random
 
-Default plan (estimated 10-12 minutes on 2 idle cores, then ~2 for bench/eval_speed.py): 4-bit NF4, the headline, 3 pairs x 8 steps, each
-pair also running ftkit with gradient checkpointing (its memory/speed trade-off); 8-bit and
-unquantized 1 pair x 5 steps each. --pairs/--steps override every mode's numbers. Variants switch
-one ftkit optimisation off (for the README's "what each buys"): ftkit-fp32 (fp32 compute dtype),
-ftkit-random (no length grouping), ftkit-full-head (LM head and loss at every position),
-ftkit-nosplit (wide batches not split); ftkit-gc turns checkpointing on, trl-nogc turns it off in TRL.
+Default plan (estimated 10-12 minutes on 2 idle cores, then ~2 for bench/eval_speed.py): 4-bit NF4,
+the headline, 3 pairs x 8 steps, each pair also running ftkit with gradient checkpointing (its
+memory/speed trade-off); 8-bit and unquantized 1 pair x 5 steps each. --pairs/--steps override every
+mode's numbers. Variants switch one ftkit optimisation off (for the README's "what each buys"):
+ftkit-fp32 (fp32 compute dtype), ftkit-random (no length grouping), ftkit-full-head (LM head and
+loss at every position), ftkit-nosplit (wide batches not split); ftkit-gc turns checkpointing on,
+trl-nogc turns it off in TRL.
 
 FLOPs: N = non-embedding parameters of the base, L = LoRA parameters, V*d = the LM head. Per input
 token, the forward costs 2N and the backward 2N (gradients of the activations only: the base is
@@ -415,7 +416,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def render(summary: dict[str, Any], peaks: dict[str, float]) -> str:
     lines = [
-        "| base | run | input tokens/s | loss tokens/s | s/step | peak RSS MB | final train loss | held-out loss | MFU (fp32 peak) |",
+        "| base | run | input tokens/s | loss tokens/s | s/step | peak RSS MB | final train loss | held-out loss "
+        "| MFU (fp32 peak) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, block in summary.items():
@@ -423,7 +425,8 @@ def render(summary: dict[str, Any], peaks: dict[str, float]) -> str:
         where = f"{label} ({block['pairs']}x{block['steps']} steps)"
         for side, m in block["median"].items():
             lines.append(
-                f"| {where} | {side} | {m['input_tokens_per_s']:.1f} | {m['loss_tokens_per_s']:.2f} | {m['s_per_step']:.2f} | "
+                f"| {where} | {side} | {m['input_tokens_per_s']:.1f} | {m['loss_tokens_per_s']:.2f} "
+                f"| {m['s_per_step']:.2f} | "
                 f"{m['peak_rss_mb']:.0f} | {m['final_loss']:.3f} | {m['heldout_loss']:.3f} | {100 * m['mfu']:.1f} % |"
             )
         for side, ratios in block["ratio_to_trl"].items():
@@ -497,8 +500,9 @@ def main() -> None:
                 run = run_child(side, mode, steps, log)
                 runs.append(run)
                 print(
-                    f"{mode} pair {pair}/{pairs} {side}: {run['input_tokens_per_s']} input tokens/s, {run['s_per_step']} s/step, "
-                    f"peak {run['peak_rss_mb']} MB, final train loss {run['final_loss']}, held-out loss {run['heldout_loss']} "
+                    f"{mode} pair {pair}/{pairs} {side}: {run['input_tokens_per_s']} input tokens/s, "
+                    f"{run['s_per_step']} s/step, peak {run['peak_rss_mb']} MB, final train loss {run['final_loss']}, "
+                    f"held-out loss {run['heldout_loss']} "
                     f"({run['process_s']} s)",
                     flush=True,
                 )
@@ -524,7 +528,8 @@ def main() -> None:
     as_json, _ = write_results(name, result, table)
     print("\n" + table)
     print(
-        f"\n{len(runs)} runs in {result['wall_s']} s on {result['machine']['cpu']} (torch threads: {result['machine']['torch_threads']}, "
+        f"\n{len(runs)} runs in {result['wall_s']} s on {result['machine']['cpu']} "
+        f"(torch threads: {result['machine']['torch_threads']}, "
         f"load average {load_before[0]:.2f} before); written to {as_json}"
     )
 

@@ -1,7 +1,8 @@
 """The `ftkit` command: no logic beyond arguments and messages.
 
-Each subcommand is a pair: `add_<command>` declares its arguments and help, `cmd_<command>` hands
-them to the module that does the work; `COMMANDS` lists them in the order `--help` shows.
+Each subcommand is a help page, `<COMMAND>_PAGE` (summary, description, examples), and a pair of
+functions: `add_<command>` declares its arguments, `cmd_<command>` hands them to the module that
+does the work; `COMMANDS` lists them in the order `--help` shows.
 
 Any `FtkitError` (bad recipe, bad data, missing model, a run that exists) becomes one line on
 stderr and exit code 2; `--debug` shows the traceback instead.
@@ -16,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from ftkit import __version__
 from ftkit.errors import FtkitError
@@ -44,6 +45,47 @@ environment: FTKIT_HOME (model cache, default ~/.cache/ftkit), HF_HUB_OFFLINE=1 
 """
 
 
+def _subcommand(commands: Commands, run: Callable[[argparse.Namespace], int], page: str) -> argparse.ArgumentParser:
+    """The parser of the subcommand that `run` (`cmd_<command>`) carries out, with the texts of its help page.
+
+    A page (`<COMMAND>_PAGE`) is the `ftkit --help` summary line, a blank line, the description and,
+    optionally, a blank line and `examples:` followed by the examples, shown as written. Each
+    paragraph of the description is shown as one line (argparse does not re-wrap descriptions);
+    indented lines (a table) stay lines of their own. A page is Python text: a line that ends in a
+    backslash continues on the next one (the help shows one line), and `\\\\` shows a backslash.
+    """
+    summary, _, rest = page.strip("\n").partition("\n\n")
+    description, _, examples = rest.partition("\n\nexamples:\n")
+    parser = commands.add_parser(
+        run.__name__.removeprefix("cmd_"),
+        help=summary,
+        description=_unwrap(description),
+        epilog=f"examples:\n{examples}" if examples else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _unwrap(text: str) -> str:
+    """Each paragraph's lines joined into one line, but for indented lines, which are kept as they are."""
+    paragraphs = []
+    for paragraph in text.split("\n\n"):
+        lines: list[str] = []
+        for line in paragraph.split("\n"):
+            if lines and not line.startswith(" ") and not lines[-1].startswith(" "):
+                lines[-1] += " " + line
+            else:
+                lines.append(line)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+def _options(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The named options as keyword arguments: each option's dest is the name of the parameter it sets."""
+    return {name: getattr(args, name) for name in names}
+
+
 def _recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", type=Path, help="the recipe YAML file")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
@@ -52,17 +94,33 @@ def _recipe_args(parser: argparse.ArgumentParser) -> None:
 TARGET_HELP = "a run directory (runs/<name>), an adapter folder, or a model folder such as a merged export"
 
 
-def add_validate(commands: Commands) -> None:
-    validate = commands.add_parser(
-        "validate",
-        help="check a recipe without loading a model",
-        description="Validate a recipe: every key, type, range and file path, all problems at once. "
-        "Loads no model and no data; prints the resolved recipe with --print.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def _output_args(parser: argparse.ArgumentParser) -> None:
+    """`--out` and `--overwrite`, for the commands that write a new folder."""
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output folder (refused if it exists, unless --overwrite)"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
+
+def _quantization_arg(parser: argparse.ArgumentParser) -> None:
+    """`--quantization`, for the commands that load a trained adapter's base model again."""
+    parser.add_argument(
+        "--quantization", choices=["none", "4bit", "8bit"], help="load the base this way (default: as trained)"
+    )
+
+
+VALIDATE_PAGE = """\
+check a recipe without loading a model
+
+Validate a recipe: every key, type, range and file path, all problems at once. Loads no model and no
+data; prints the resolved recipe with --print.
+"""
+
+
+def add_validate(commands: Commands) -> None:
+    validate = _subcommand(commands, cmd_validate, VALIDATE_PAGE)
     _recipe_args(validate)
     validate.add_argument("--print", action="store_true", help="print the fully resolved recipe (YAML)")
-    validate.set_defaults(run=cmd_validate)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -78,23 +136,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_PAGE = """\
+fine-tune an adapter, then evaluate base vs adapter on the held-out split
+
+Train a LoRA adapter as the recipe says, then evaluate the base model and the adapter on the
+held-out split (eval.split). Writes runs/<name>/: adapter/, recipe.yaml, train_log.jsonl,
+checkpoints/, metrics.json, predictions.jsonl, report.md.
+
+examples:
+  ftkit train recipes/sentiment-smollm2-qlora.yaml
+  ftkit train recipes/sentiment-smollm2-qlora.yaml train.max_steps=20 adapter.r=8 --overwrite
+  ftkit train recipes/sentiment-smollm2-qlora.yaml --resume      (after an interruption)
+  ftkit train recipes/sentiment-smollm2-qlora.yaml --nproc 2 train.batch_size=4
+      (2 processes, data-parallel; effective batch 4 x 2 x grad_accum, the same as 8 x 1 x grad_accum)
+  accelerate launch --config_file recipes/accelerate/ddp.yaml -m ftkit.cli train recipes/x.yaml
+  torchrun --nproc_per_node 2 -m ftkit.cli train recipes/x.yaml      (same as --nproc 2 on CPU)
+"""
+
+
 def add_train(commands: Commands) -> None:
-    train = commands.add_parser(
-        "train",
-        help="fine-tune an adapter, then evaluate base vs adapter on the held-out split",
-        description="Train a LoRA adapter as the recipe says, then evaluate the base model and the adapter on "
-        "the held-out split (eval.split). Writes runs/<name>/: adapter/, recipe.yaml, train_log.jsonl, "
-        "checkpoints/, metrics.json, predictions.jsonl, report.md.",
-        epilog="examples:\n"
-        "  ftkit train recipes/sentiment-smollm2-qlora.yaml\n"
-        "  ftkit train recipes/sentiment-smollm2-qlora.yaml train.max_steps=20 adapter.r=8 --overwrite\n"
-        "  ftkit train recipes/sentiment-smollm2-qlora.yaml --resume      (after an interruption)\n"
-        "  ftkit train recipes/sentiment-smollm2-qlora.yaml --nproc 2 train.batch_size=4\n"
-        "      (2 processes, data-parallel; effective batch 4 x 2 x grad_accum, the same as 8 x 1 x grad_accum)\n"
-        "  accelerate launch --config_file recipes/accelerate/ddp.yaml -m ftkit.cli train recipes/x.yaml\n"
-        "  torchrun --nproc_per_node 2 -m ftkit.cli train recipes/x.yaml      (same as --nproc 2 on CPU)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    train = _subcommand(commands, cmd_train, TRAIN_PAGE)
     _recipe_args(train)
     mode = train.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -107,7 +168,6 @@ def add_train(commands: Commands) -> None:
         help="train in N data-parallel processes, started by torchrun "
         "(CPU, gloo) or accelerate launch (CUDA GPUs, one process per GPU); only the main process writes",
     )
-    train.set_defaults(run=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -129,22 +189,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
 
 
+DATA_PAGE = """\
+inspect the data before training: splits, lengths, truncation, masking, overlap, memory
+
+Pre-flight check of a recipe's data, without loading model weights: rows per split (and skipped bad
+rows), label balance, token-length percentiles, truncation, trained tokens and EOS, exact and near
+duplicates between train and held-out splits, a peak-memory estimate, and two examples with the
+loss-carrying part marked «like this». Exit code 2 when `ftkit train` would refuse to start.
+
+examples:
+  ftkit data recipes/sentiment-smollm2-qlora.yaml
+  ftkit data recipes/sentiment-smollm2-qlora.yaml data.train=../../shared/datasets/banking77/train.csv data.test=null \
+'data.split={test: 0.1}' 'data.columns={label: category}' task.labels=null
+"""
+
+
 def add_data(commands: Commands) -> None:
-    data = commands.add_parser(
-        "data",
-        help="inspect the data before training: splits, lengths, truncation, masking, overlap, memory",
-        description="Pre-flight check of a recipe's data, without loading model weights: rows per split (and skipped "
-        "bad rows), label balance, token-length percentiles, truncation, trained tokens and EOS, exact and near "
-        "duplicates between train and held-out splits, a peak-memory estimate, and two examples with the "
-        "loss-carrying part marked «like this». Exit code 2 when `ftkit train` would refuse to start.",
-        epilog="examples:\n"
-        "  ftkit data recipes/sentiment-smollm2-qlora.yaml\n"
-        "  ftkit data recipes/sentiment-smollm2-qlora.yaml data.train=../../shared/datasets/banking77/train.csv "
-        "data.test=null 'data.split={test: 0.1}' 'data.columns={label: category}' task.labels=null",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    data = _subcommand(commands, cmd_data, DATA_PAGE)
     _recipe_args(data)
-    data.set_defaults(run=cmd_data)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -153,20 +215,22 @@ def cmd_data(args: argparse.Namespace) -> int:
     return inspect_data(args.recipe, args.overrides)
 
 
+EVAL_PAGE = """\
+evaluate the base model and adapters on a held-out split
+
+Evaluate the recipe's base model and each --adapter on the same examples (the recipe's eval.split,
+or --data FILE read with the recipe's column mapping). Reports each metric with a 95% bootstrap
+confidence interval and a paired significance test against the base model.
+
+examples:
+  ftkit eval recipes/sentiment-smollm2-qlora.yaml --adapter runs/sentiment-smollm2-qlora/adapter
+  ftkit eval recipes/sentiment-smollm2-qlora.yaml --adapter A/adapter --adapter B/adapter --split validation
+  ftkit eval recipes/sentiment-smollm2-qlora.yaml --adapter runs/x/adapter --data other.csv data.columns.text=sentence
+"""
+
+
 def add_eval(commands: Commands) -> None:
-    evaluate = commands.add_parser(
-        "eval",
-        help="evaluate the base model and adapters on a held-out split",
-        description="Evaluate the recipe's base model and each --adapter on the same examples (the recipe's "
-        "eval.split, or --data FILE read with the recipe's column mapping). Reports each metric with a 95% "
-        "bootstrap confidence interval and a paired significance test against the base model.",
-        epilog="examples:\n"
-        "  ftkit eval recipes/sentiment-smollm2-qlora.yaml --adapter runs/sentiment-smollm2-qlora/adapter\n"
-        "  ftkit eval recipes/sentiment-smollm2-qlora.yaml --adapter A/adapter --adapter B/adapter --split validation\n"
-        "  ftkit eval recipes/sentiment-smollm2-qlora.yaml --adapter runs/x/adapter --data other.csv "
-        "data.columns.text=sentence",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    evaluate = _subcommand(commands, cmd_eval, EVAL_PAGE)
     _recipe_args(evaluate)
     evaluate.add_argument(
         "--adapter", type=Path, action="append", default=[], metavar="DIR", help="adapter folder (repeatable)"
@@ -174,7 +238,6 @@ def add_eval(commands: Commands) -> None:
     evaluate.add_argument("--split", choices=["test", "validation"], help="held-out split (default: eval.split)")
     evaluate.add_argument("--data", type=Path, help="evaluate on this file instead of a recipe split")
     evaluate.add_argument("--out", type=Path, help="where to write reports (default: <run dir>/eval)")
-    evaluate.set_defaults(run=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -185,28 +248,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
 
 
+COMPARE_PAGE = """\
+compare finished runs side by side (metrics with CIs, significance, training cost)
+
+Compare runs in one table: for each run directory, its settings (quantization, LoRA r, and alpha,
+learning rate and training length where the runs differ), the held-out primary metric of the base
+model and the adapter with 95% confidence intervals, the adapter - base difference with its p-value,
+and training wall time and peak memory. Reads each run's metrics.json (or eval/metrics.json) and
+recipe.yaml; loads no model. Other metrics are listed below the table; runs evaluated on different
+tasks or splits get a warning that their numbers are not comparable.
+
+examples:
+  ftkit train recipes/sentiment-smollm2-qlora.yaml adapter.r=8 output.dir=runs/r8
+  ftkit train recipes/sentiment-smollm2-qlora.yaml adapter.r=16 output.dir=runs/r16
+  ftkit compare runs/r8 runs/r16                                   (does rank 16 beat rank 8?)
+  ftkit train recipes/sentiment-smollm2-qlora.yaml model.quantization=8bit output.dir=runs/8bit
+  ftkit compare runs/sentiment-smollm2-qlora runs/8bit             (4-bit QLoRA vs 8-bit base weights)
+"""
+
+
 def add_compare(commands: Commands) -> None:
-    compare = commands.add_parser(
-        "compare",
-        help="compare finished runs side by side (metrics with CIs, significance, training cost)",
-        description="Compare runs in one table: for each run directory, its settings (quantization, LoRA r, and "
-        "alpha, learning rate and training length where the runs differ), the held-out primary metric of the "
-        "base model and the adapter with 95% confidence intervals, the adapter - base difference with its "
-        "p-value, and training wall time and peak memory. Reads each run's metrics.json (or eval/metrics.json) "
-        "and recipe.yaml; loads no model. Other metrics are listed below the table; runs evaluated on different "
-        "tasks or splits get a warning that their numbers are not comparable.",
-        epilog="examples:\n"
-        "  ftkit train recipes/sentiment-smollm2-qlora.yaml adapter.r=8 output.dir=runs/r8\n"
-        "  ftkit train recipes/sentiment-smollm2-qlora.yaml adapter.r=16 output.dir=runs/r16\n"
-        "  ftkit compare runs/r8 runs/r16                                   (does rank 16 beat rank 8?)\n"
-        "  ftkit train recipes/sentiment-smollm2-qlora.yaml model.quantization=8bit output.dir=runs/8bit\n"
-        "  ftkit compare runs/sentiment-smollm2-qlora runs/8bit             (4-bit QLoRA vs 8-bit base weights)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    compare = _subcommand(commands, cmd_compare, COMPARE_PAGE)
     compare.add_argument(
         "run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="a run directory (runs/<name>) written by ftkit train"
     )
-    compare.set_defaults(run=cmd_compare)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -216,31 +281,34 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+MERGE_PAGE = """\
+merge an adapter into its base model (verified), or combine adapters into one
+
+Merge a LoRA into a full-precision copy of its base model and save a plain transformers folder
+(safetensors, tokenizer with the trained chat template, generation config). Never merges into
+4-/8-bit weights: an adapter trained on a quantized base is merged into dequant(quant(W)), the
+weights it was trained on (--base original: into the original weights instead). The result is
+verified on held-out prompts against the adapter (max |logit difference|, next-token agreement,
+greedy generations) and written to merge_verification.json; a mismatch is an error and nothing is
+written.
+
+With --adapters, combines several adapters of one base into a new adapter through peft's
+weighted-adapter API instead; evaluate it like any other with ftkit eval --adapter.
+
+examples:
+  ftkit merge runs/sentiment-smollm2-qlora --out exports/sentiment-merged
+  ftkit merge runs/sentiment-smollm2-qlora --out exports/sentiment-fp32 --dtype fp32 --base original
+  ftkit merge --adapters runs/a runs/b --weights 0.5 0.5 --method ties --out runs/ab-ties/adapter
+  ftkit eval recipes/sentiment-smollm2-qlora.yaml --adapter runs/ab-ties/adapter --adapter runs/a/adapter
+"""
+
+
 def add_merge(commands: Commands) -> None:
-    merge = commands.add_parser(
-        "merge",
-        help="merge an adapter into its base model (verified), or combine adapters into one",
-        description="Merge a LoRA into a full-precision copy of its base model and save a plain transformers folder "
-        "(safetensors, tokenizer with the trained chat template, generation config). Never merges into 4-/8-bit weights: "
-        "an adapter trained on a quantized base is merged into dequant(quant(W)), the weights it was trained on "
-        "(--base original: into the original weights instead). The result is verified on held-out prompts against the "
-        "adapter (max |logit difference|, next-token agreement, greedy generations) and written to "
-        "merge_verification.json; a mismatch is an error and nothing is written.\n\n"
-        "With --adapters, combines several adapters of one base into a new adapter through peft's weighted-adapter "
-        "API instead; evaluate it like any other with ftkit eval --adapter.",
-        epilog="examples:\n"
-        "  ftkit merge runs/sentiment-smollm2-qlora --out exports/sentiment-merged\n"
-        "  ftkit merge runs/sentiment-smollm2-qlora --out exports/sentiment-fp32 --dtype fp32 --base original\n"
-        "  ftkit merge --adapters runs/a runs/b --weights 0.5 0.5 --method ties --out runs/ab-ties/adapter\n"
-        "  ftkit eval recipes/sentiment-smollm2-qlora.yaml --adapter runs/ab-ties/adapter --adapter runs/a/adapter",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    merge = _subcommand(commands, cmd_merge, MERGE_PAGE)
     merge.add_argument(
         "target", type=Path, nargs="?", metavar="RUN_DIR|ADAPTER_DIR", help="the run or adapter to merge"
     )
-    merge.add_argument(
-        "--out", type=Path, required=True, help="output folder (refused if it exists, unless --overwrite)"
-    )
+    _output_args(merge)
     merge.add_argument(
         "--dtype", choices=list(DTYPE_CHOICES), default="bf16", help="dtype of the saved weights (default: bf16)"
     )
@@ -265,8 +333,6 @@ def add_merge(commands: Commands) -> None:
     merge.add_argument(
         "--density", type=float, default=0.5, help="share of weights kept by ties/dare methods (default: 0.5)"
     )
-    merge.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    merge.set_defaults(run=cmd_merge)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -279,7 +345,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
             args.adapters, args.weights or [], args.method, args.out, density=args.density, overwrite=args.overwrite
         )
         print(
-            f"combined {len(args.adapters)} adapters ({args.method}) -> {out}; evaluate it with: ftkit eval RECIPE --adapter {out}"
+            f"combined {len(args.adapters)} adapters ({args.method}) -> {out}; "
+            f"evaluate it with: ftkit eval RECIPE --adapter {out}"
         )
         return 0
     if args.target is None:
@@ -291,39 +358,38 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+EXPORT_PAGE = """\
+package a trained adapter for deployment: adapter, merged safetensors, GGUF, Ollama
+
+Export a run (or adapter folder) for deployment. Every format is verified before it is kept:
+  adapter      the peft adapter + recipe.yaml + metrics.json + README model card (held-out metrics with CIs,
+               how to load it with peft, which serving engines accept it); no ftkit needed to load it
+  safetensors  the merged model (same as ftkit merge), checked against the adapter
+  gguf         the merged model as one GGUF file (f16 or f32; llama-architecture models), loaded back with
+               transformers and compared with the merged model (logits and tokenizer ids)
+  ollama       the GGUF plus a Modelfile whose TEMPLATE is translated from the trained chat template and
+               checked to render test conversations identically
+
+examples:
+  ftkit export runs/sentiment-smollm2-qlora --format adapter --out exports/sentiment-adapter
+  ftkit export runs/sentiment-smollm2-qlora --format gguf --out exports/sentiment-gguf --dtype f16
+  ftkit export runs/customer-service-smollm2-lora-8bit --format ollama --out exports/cs-ollama
+  ollama create northwind -f exports/cs-ollama/Modelfile
+"""
+
+
 def add_export(commands: Commands) -> None:
-    export = commands.add_parser(
-        "export",
-        help="package a trained adapter for deployment: adapter, merged safetensors, GGUF, Ollama",
-        description="Export a run (or adapter folder) for deployment. Every format is verified before it is kept:\n"
-        "  adapter      the peft adapter + recipe.yaml + metrics.json + README model card (held-out metrics with CIs,\n"
-        "               how to load it with peft, which serving engines accept it); no ftkit needed to load it\n"
-        "  safetensors  the merged model (same as ftkit merge), checked against the adapter\n"
-        "  gguf         the merged model as one GGUF file (f16 or f32; llama-architecture models), loaded back with\n"
-        "               transformers and compared with the merged model (logits and tokenizer ids)\n"
-        "  ollama       the GGUF plus a Modelfile whose TEMPLATE is translated from the trained chat template and\n"
-        "               checked to render test conversations identically",
-        epilog="examples:\n"
-        "  ftkit export runs/sentiment-smollm2-qlora --format adapter --out exports/sentiment-adapter\n"
-        "  ftkit export runs/sentiment-smollm2-qlora --format gguf --out exports/sentiment-gguf --dtype f16\n"
-        "  ftkit export runs/customer-service-smollm2-lora-8bit --format ollama --out exports/cs-ollama\n"
-        "  ollama create northwind -f exports/cs-ollama/Modelfile",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    export = _subcommand(commands, cmd_export, EXPORT_PAGE)
     export.add_argument("target", type=Path, metavar="RUN_DIR|ADAPTER_DIR", help="the run or adapter to export")
     export.add_argument(
         "--format", required=True, choices=["adapter", "safetensors", "gguf", "ollama"], help="what to write"
     )
-    export.add_argument(
-        "--out", type=Path, required=True, help="output folder (refused if it exists, unless --overwrite)"
-    )
+    _output_args(export)
     export.add_argument(
         "--dtype",
         choices=["bf16", "fp16", "fp32", "f16", "f32"],
         help="weights dtype: bf16|fp16|fp32 for safetensors (default bf16), f16|f32 for gguf/ollama (default f16)",
     )
-    export.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    export.set_defaults(run=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -333,22 +399,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+CHAT_PAGE = """\
+talk to an adapter (or a model folder) in the terminal
+
+An interactive chat with a fine-tuned adapter on its base model, or with a model folder: the
+conversation is rendered with the tokenizer's chat template every turn, the answer streams as it is
+generated, and tokens/s are printed after it. A chat template other than the one the adapter was
+trained with is reported on stderr. Commands: /system TEXT (set the system prompt), /reset (forget
+the conversation), /exit or Ctrl-D (quit); Ctrl-C stops an answer.
+
+examples:
+  ftkit chat runs/customer-service-smollm2-lora-8bit
+  ftkit chat runs/customer-service-smollm2-lora-8bit --system 'You answer in one sentence.' --temperature 0.7
+  ftkit chat runs/customer-service-smollm2-lora-8bit/adapter --quantization none     (full-precision base)
+  ftkit chat exports/cs-merged                                         (a merged model folder)
+"""
+
+
 def add_chat(commands: Commands) -> None:
-    chat = commands.add_parser(
-        "chat",
-        help="talk to an adapter (or a model folder) in the terminal",
-        description="An interactive chat with a fine-tuned adapter on its base model, or with a model folder: the "
-        "conversation is rendered with the tokenizer's chat template every turn, the answer streams as it is "
-        "generated, and tokens/s are printed after it. A chat template other than the one the adapter was trained "
-        "with is reported on stderr. Commands: /system TEXT (set the system prompt), "
-        "/reset (forget the conversation), /exit or Ctrl-D (quit); Ctrl-C stops an answer.",
-        epilog="examples:\n"
-        "  ftkit chat runs/customer-service-smollm2-lora-8bit\n"
-        "  ftkit chat runs/customer-service-smollm2-lora-8bit --system 'You answer in one sentence.' --temperature 0.7\n"
-        "  ftkit chat runs/customer-service-smollm2-lora-8bit/adapter --quantization none     (full-precision base)\n"
-        "  ftkit chat exports/cs-merged                                         (a merged model folder)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    chat = _subcommand(commands, cmd_chat, CHAT_PAGE)
     chat.add_argument("target", type=Path, metavar="TARGET", help=TARGET_HELP)
     chat.add_argument("--system", metavar="TEXT", help="system prompt (default: the chat template's own, if any)")
     chat.add_argument(
@@ -357,49 +426,43 @@ def add_chat(commands: Commands) -> None:
     chat.add_argument(
         "--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default); e.g. 0.7 samples"
     )
-    chat.add_argument(
-        "--quantization", choices=["none", "4bit", "8bit"], help="load the base this way (default: as trained)"
-    )
-    chat.set_defaults(run=cmd_chat)
+    _quantization_arg(chat)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from ftkit.serving.chat import run_chat
 
-    return run_chat(
-        args.target,
-        system=args.system,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        quantization=args.quantization,
-    )
+    return run_chat(args.target, **_options(args, "system", "max_new_tokens", "temperature", "quantization"))
+
+
+SERVE_PAGE = """\
+serve the base model and adapters over an OpenAI-compatible HTTP API
+
+Serve one base model and any number of adapters trained on it through an OpenAI-compatible API: POST
+/v1/chat/completions (streamed with "stream": true, or not), GET /v1/models, GET /health. A
+request's "model" picks the system: "base" (adapters off) or an adapter by its run's name. Requests
+are answered one at a time. Bodies over 1 MB get 413, other bad requests 400/404 with an
+OpenAI-style error; when the environment variable named by --api-key-env is set, requests need
+'Authorization: Bearer <key>' (401 otherwise).
+
+examples:
+  ftkit serve runs/customer-service-smollm2-lora-8bit runs/qa-smollm2-qlora --port 8000
+  FTKIT_API_KEY=s3cret ftkit serve runs/customer-service-smollm2-lora-8bit --host 0.0.0.0
+
+  curl http://127.0.0.1:8000/v1/models
+  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+       -d '{"model": "customer-service-smollm2-lora-8bit", "messages": [{"role": "user", "content": "Hi"}], \
+"max_tokens": 64}'
+
+  from openai import OpenAI      # pip install openai
+  client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="s3cret")   (any text when no key is set)
+  reply = client.chat.completions.create(model="base", messages=[{"role": "user", "content": "Hi"}])
+  print(reply.choices[0].message.content)
+"""
 
 
 def add_serve(commands: Commands) -> None:
-    serve = commands.add_parser(
-        "serve",
-        help="serve the base model and adapters over an OpenAI-compatible HTTP API",
-        description="Serve one base model and any number of adapters trained on it through an OpenAI-compatible "
-        'API: POST /v1/chat/completions (streamed with "stream": true, or not), GET /v1/models, GET /health. '
-        'A request\'s "model" picks the system: "base" (adapters off) or an adapter by its run\'s name. Requests '
-        "are answered one at a time. Bodies over 1 MB get 413, other bad requests 400/404 with an OpenAI-style "
-        "error; when the environment variable named by --api-key-env is set, requests need "
-        "'Authorization: Bearer <key>' (401 otherwise).",
-        epilog="examples:\n"
-        "  ftkit serve runs/customer-service-smollm2-lora-8bit runs/qa-smollm2-qlora --port 8000\n"
-        "  FTKIT_API_KEY=s3cret ftkit serve runs/customer-service-smollm2-lora-8bit --host 0.0.0.0\n"
-        "\n"
-        "  curl http://127.0.0.1:8000/v1/models\n"
-        "  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-        '       -d \'{"model": "customer-service-smollm2-lora-8bit", "messages": [{"role": "user", "content": "Hi"}], '
-        '"max_tokens": 64}\'\n'
-        "\n"
-        "  from openai import OpenAI      # pip install openai\n"
-        '  client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="s3cret")   (any text when no key is set)\n'
-        '  reply = client.chat.completions.create(model="base", messages=[{"role": "user", "content": "Hi"}])\n'
-        "  print(reply.choices[0].message.content)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    serve = _subcommand(commands, cmd_serve, SERVE_PAGE)
     serve.add_argument("targets", type=Path, nargs="+", metavar="TARGET", help=TARGET_HELP + "; all on one base model")
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)"
@@ -418,23 +481,13 @@ def add_serve(commands: Commands) -> None:
         metavar="N",
         help="largest max_tokens a request may ask for, and the default (default 512)",
     )
-    serve.add_argument(
-        "--quantization", choices=["none", "4bit", "8bit"], help="load the base this way (default: as trained)"
-    )
-    serve.set_defaults(run=cmd_serve)
+    _quantization_arg(serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ftkit.serving.server import serve
 
-    return serve(
-        args.targets,
-        host=args.host,
-        port=args.port,
-        api_key_env=args.api_key_env,
-        max_new_tokens_limit=args.max_new_tokens_limit,
-        quantization=args.quantization,
-    )
+    return serve(args.targets, **_options(args, "host", "port", "api_key_env", "max_new_tokens_limit", "quantization"))
 
 
 COMMANDS: tuple[Callable[[Commands], None], ...] = (

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -241,7 +241,9 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
             else ""
         )
         raise ModelError(f"cannot load model '{cfg.source}': {str(error).splitlines()[0]}{hint}") from error
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+    # transformers declares a bare nn.Module; a causal LM's input embeddings are an nn.Embedding.
+    embeddings = cast(torch.nn.Embedding, model.get_input_embeddings())
+    if len(tokenizer) > embeddings.num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return LoadedModel(model=model, tokenizer=tokenizer, source=source)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from ftkit.errors import FtkitError
 from ftkit.tasks import TaskSection, task_names
@@ -141,11 +143,13 @@ class DataConfig(Section):
     max_length: int = Field(default=256, ge=8, le=131072, description="tokens per example, prompt + completion")
     format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "squad", "lines"] = Field(
         default="auto",
-        description="'auto' picks by file extension; 'squad' flattens SQuAD JSON; 'lines' parses each line with line_pattern",
+        description="'auto' picks by file extension; 'squad' flattens SQuAD JSON; "
+        "'lines' parses each line with line_pattern",
     )
     line_pattern: str | None = Field(
         default=None,
-        description="for format 'lines': a regex whose named groups become columns, e.g. '^(?P<label>[01]) (?P<text>.*)$'",
+        description="for format 'lines': a regex whose named groups become columns, "
+        "e.g. '^(?P<label>[01]) (?P<text>.*)$'",
     )
 
     bad_rows: Literal["fail", "skip"] = Field(default="fail", description="'skip' drops bad rows and reports the count")
@@ -225,7 +229,8 @@ class Recipe(Section):
 
         if not self.data.has_split(self.eval.split):
             raise ValueError(
-                f"eval.split is '{self.eval.split}' but data.{self.eval.split} names no file and data.split gives it no share"
+                f"eval.split is '{self.eval.split}' but data.{self.eval.split} names no file "
+                "and data.split gives it no share"
             )
         known = get_task(self.task, self.data.max_length).metrics
         unknown = [m for m in self.eval.metrics or [] if m not in known]
@@ -244,7 +249,7 @@ class Recipe(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Read, override and validate a recipe, or raise `RecipeError` listing every problem."""
     path = Path(path)
     raw, lines = _read_yaml(path)
@@ -320,7 +325,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> list[tuple[str, ...]]
     return [*created, tuple(parts)]
 
 
-def _describe(problem: dict[str, Any], path: str, origins: dict[tuple[str, ...], str]) -> str:
+def _describe(problem: ErrorDetails, path: str, origins: dict[tuple[str, ...], str]) -> str:
     """One line for one pydantic error, located at the YAML line or the override that set the key."""
     keys, allowed = _walk(problem["loc"])
     dotted = ".".join(keys) or "recipe"
@@ -335,7 +340,10 @@ def _describe(problem: dict[str, Any], path: str, origins: dict[tuple[str, ...],
         return f"{where}: missing required key '{dotted}'"
     if kind == "union_tag_invalid":
         tag = problem["ctx"]["tag"]
-        return f"{where}: {dotted}.name: unknown task '{tag}'{_did_you_mean(tag, task_names())}; available: {', '.join(task_names())}"
+        return (
+            f"{where}: {dotted}.name: unknown task '{tag}'{_did_you_mean(tag, task_names())}; "
+            f"available: {', '.join(task_names())}"
+        )
     if kind == "union_tag_not_found":
         return f"{where}: {dotted}.name is required; available tasks: {', '.join(task_names())}"
     message = problem["msg"].removeprefix("Value error, ")

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, overload
 
 from ftkit.errors import FtkitError
 
@@ -40,49 +40,34 @@ class RunError(FtkitError):
     """A run directory that cannot be created, resumed or locked."""
 
 
+class _Entry:
+    """A file or folder of a run directory, by its name: `RunDir(p).recipe` is `p / "recipe.yaml"`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, run: None, owner: type[RunDir]) -> _Entry: ...
+    @overload
+    def __get__(self, run: RunDir, owner: type[RunDir]) -> Path: ...
+    def __get__(self, run: RunDir | None, owner: type[RunDir]) -> _Entry | Path:
+        return self if run is None else run.path / self.name
+
+
 @dataclass(frozen=True)
 class RunDir:
     path: Path
 
-    @property
-    def recipe(self) -> Path:
-        return self.path / "recipe.yaml"
-
-    @property
-    def train_log(self) -> Path:
-        return self.path / "train_log.jsonl"
-
-    @property
-    def launch(self) -> Path:
-        return self.path / "launch.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def adapter(self) -> Path:
-        return self.path / "adapter"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.json"
-
-    @property
-    def predictions(self) -> Path:
-        return self.path / "predictions.jsonl"
-
-    @property
-    def report(self) -> Path:
-        return self.path / "report.md"
-
-    @property
-    def metrics_plot(self) -> Path:
-        return self.path / "metrics.png"
-
-    @property
-    def loss_plot(self) -> Path:
-        return self.path / "loss_curves.png"
+    recipe = _Entry("recipe.yaml")
+    train_log = _Entry("train_log.jsonl")
+    launch = _Entry("launch.json")
+    checkpoints = _Entry("checkpoints")
+    adapter = _Entry("adapter")
+    metrics = _Entry("metrics.json")
+    predictions = _Entry("predictions.jsonl")
+    report = _Entry("report.md")
+    metrics_plot = _Entry("metrics.png")
+    loss_plot = _Entry("loss_curves.png")
 
     def confusion_plot(self, system: str) -> Path:
         return self.path / f"confusion_{system}.png"

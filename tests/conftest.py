@@ -93,7 +93,8 @@ def write_recipe(tmp_path: Path, tiny_model_dir: Path, sentiment_files: dict[str
 
     def write(name: str = "recipe", **sections: dict[str, Any]) -> Path:
         recipe: dict[str, Any] = {
-            # fp32: tests compare paths exactly; "auto" is bf16 on CPUs with native bf16 (tests/test_batching.py covers it)
+            # fp32: tests compare paths exactly; "auto" is bf16 on CPUs with native bf16
+            # (tests/test_batching.py covers it)
             "model": {"source": str(tiny_model_dir), "quantization": "none", "compute_dtype": "float32"},
             "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
             "task": {"name": "sentiment"},

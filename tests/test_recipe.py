@@ -8,6 +8,7 @@ tiny jsonl files in its own tmp_path.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import yaml
 
 from ftkit.errors import FtkitError
 from ftkit.recipe import RecipeError, load_recipe
+from ftkit.tasks.sentiment import SentimentOptions
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "recipes").glob("*.yaml"))
@@ -53,7 +55,7 @@ def write(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
     return path
 
 
-def problems(path: Path, overrides: list[str] = ()) -> list[str]:
+def problems(path: Path, overrides: Sequence[str] = ()) -> list[str]:
     with pytest.raises(RecipeError) as caught:
         load_recipe(path, list(overrides))
     error = caught.value
@@ -239,7 +241,9 @@ def test_sentiment_labels_need_two_distinct_non_empty(folder: Path, labels: str)
 
 def test_sentiment_labels_accept_three_classes(folder: Path) -> None:
     path = write(folder, BASE.replace("  name: sentiment\n", "  name: sentiment\n  labels: [bad, meh, good]\n"))
-    assert load_recipe(path).task.labels == ["bad", "meh", "good"]
+    task = load_recipe(path).task
+    assert isinstance(task, SentimentOptions)
+    assert task.labels == ["bad", "meh", "good"]
 
 
 # --- eval consistency -------------------------------------------------------------------------

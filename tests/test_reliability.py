@@ -21,34 +21,42 @@ from ftkit.runs import RunDir
 TRAIN = {"max_steps": 30, "save_every": 3, "batch_size": 2, "learning_rate": 5e-3, "log_every": 1}
 
 
-def _ftkit(*args: str) -> subprocess.Popen:
+def _ftkit(*args: str) -> subprocess.Popen[bytes]:
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "ftkit.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )
 
 
+def _stderr_tail(process: subprocess.Popen[bytes]) -> str:
+    """The end of a finished `_ftkit` process's stderr, for an assertion message."""
+    assert process.stderr is not None  # _ftkit pipes it
+    return process.stderr.read().decode()[-2000:]
+
+
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(write_recipe) -> None:
     reference = write_recipe("uninterrupted", train=TRAIN)
     killed = write_recipe("killed", train=TRAIN)
     done = _ftkit("train", str(reference), "--no-eval")
-    assert done.wait(timeout=300) == 0, done.stderr.read().decode()[-2000:]
+    assert done.wait(timeout=300) == 0, _stderr_tail(done)
 
     run = RunDir(load_recipe(killed).run_dir)
     process = _ftkit("train", str(killed), "--no-eval")
     deadline = time.monotonic() + 300
-    while run.last_checkpoint() is None or int(run.last_checkpoint().name.split("-")[1]) < 6:
+    while (last := run.last_checkpoint()) is None or int(last.name.split("-")[1]) < 6:
         assert process.poll() is None, "finished before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert not run.adapter.exists(), "killed before the end: no final adapter yet"
-    step = int(run.last_checkpoint().name.split("-")[1])
+    last = run.last_checkpoint()
+    assert last is not None
+    step = int(last.name.split("-")[1])
     assert 6 <= step < 30
 
     resumed = _ftkit("train", str(killed), "--resume", "--no-eval")
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
+    assert resumed.wait(timeout=300) == 0, _stderr_tail(resumed)
     a = load_file(RunDir(load_recipe(reference).run_dir).adapter / "adapter_model.safetensors")
     b = load_file(run.adapter / "adapter_model.safetensors")
     assert a.keys() == b.keys()
@@ -149,7 +157,8 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(write_recipe, monk
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
     assert "the disk is full" in err and "--resume" in err and "Traceback" not in err
-    assert run.last_checkpoint().name == "checkpoint-2"
+    last = run.last_checkpoint()
+    assert last is not None and last.name == "checkpoint-2"
     monkeypatch.setattr(torch, "save", real_save)
     assert main(["train", str(path), "--resume", "--no-eval"]) == 0
     assert (run.adapter / "adapter_model.safetensors").is_file()

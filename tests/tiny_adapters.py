@@ -53,7 +53,7 @@ def make_adapter(folder: Path, base_dir: Path, seed: int, *, recipe=None, traine
     config = LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), config)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
+    model.save_pretrained(str(folder))
     tokenizer.save_pretrained(folder)
     recorded = tokenizer
     if trained_template is not None:

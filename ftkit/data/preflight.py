@@ -72,7 +72,8 @@ def render_report(recipe: Recipe, result: PreparedData) -> str:
         lengths = [len(r.input_ids) for r in enc.rows]
         eos = sum(tokenizer.eos_token_id in r.trained_ids for r in enc.rows)
         lines.append(
-            f"{name}: tokens/example {_percentiles(lengths)}; truncated {enc.truncated} of {len(enc.rows)}; trained tokens {enc.trained_tokens} of {enc.tokens} "
+            f"{name}: tokens/example {_percentiles(lengths)}; truncated {enc.truncated} of {len(enc.rows)}; "
+            f"trained tokens {enc.trained_tokens} of {enc.tokens} "
             f"({100 * enc.trained_tokens / max(1, enc.tokens):.1f}%); EOS carries loss in {eos} of {len(enc.rows)}"
         )
     lines.append("examples with no trained token: 0 (any would be an error naming its row)")
@@ -84,9 +85,9 @@ def render_report(recipe: Recipe, result: PreparedData) -> str:
         lines += [f"    exact: {held.where} = {seen.where}: {held.content[:70]!r}" for held, seen in overlap.exact[:3]]
         lines += [f"    near ({score:.2f}): {held.where} ~ {seen.where}" for held, seen, score in overlap.near[:3]]
     lines.append(f"peak memory estimate: {estimate_memory(recipe, result.source)}")
-    for example, enc in list(zip(result.splits["train"].examples, result.encoded["train"].rows))[:2]:
+    for example, row in list(zip(result.splits["train"].examples, result.encoded["train"].rows))[:2]:
         lines.append(f"example {example.where} (loss only on «...»):")
-        lines += [f"    {line}" for line in render_example(tokenizer, enc).splitlines()]
+        lines += [f"    {line}" for line in render_example(tokenizer, row).splitlines()]
     if result.fatal:
         lines.append("training would refuse to start (see the errors below)")
     return "\n".join(lines)
@@ -134,6 +135,7 @@ def estimate_memory(recipe: Recipe, source: str) -> str:
     gb = 1024**3
     total = RUNTIME_OVERHEAD_GB + (weights + lora + activations + logits) / gb
     return (
-        f"~{total:.1f} GB = weights {weights / gb:.2f} + LoRA/grad/Adam {lora / gb:.2f} + activations {activations / gb:.2f} "
-        f"+ logits {logits / gb:.2f} + runtime {RUNTIME_OVERHEAD_GB} (batch {recipe.train.batch_size} x {recipe.data.max_length} tokens)"
+        f"~{total:.1f} GB = weights {weights / gb:.2f} + LoRA/grad/Adam {lora / gb:.2f} "
+        f"+ activations {activations / gb:.2f} + logits {logits / gb:.2f} + runtime {RUNTIME_OVERHEAD_GB} "
+        f"(batch {recipe.train.batch_size} x {recipe.data.max_length} tokens)"
     )

@@ -115,7 +115,8 @@ def prepare_splits(recipe: Recipe, task: Task, tokenizer: Any, source: str) -> P
         if overlap.exact and not recipe.data.allow_overlap:
             held, seen = overlap.exact[0]
             result.fatal.append(
-                f"{len(overlap.exact)} {overlap.split} example(s) duplicate training examples (e.g. {held.where} = {seen.where}); "
+                f"{len(overlap.exact)} {overlap.split} example(s) duplicate training examples "
+                f"(e.g. {held.where} = {seen.where}); "
                 "remove them, or set data.allow_overlap: true to accept inflated held-out numbers"
             )
     missing_eos = [

@@ -38,7 +38,7 @@ def read_rows(source: str | dict[str, str] | Path, cfg: DataConfig | None = None
         return _read_hub(str(source)[len(HUB_PREFIX) :])
     path_text, _, key = str(source).partition("#")
     path = Path(path_text)
-    fmt = cfg.format if cfg else "auto"
+    fmt: str = cfg.format if cfg else "auto"
     if fmt == "auto":
         fmt = EXTENSIONS.get(path.suffix.lower(), "")
         if not fmt:
@@ -81,17 +81,11 @@ def _read_json(path: Path, fmt: str, key: str) -> list[Row]:
     `json` keeps every value as written and gives exact line numbers for malformed lines.
     """
     text = _read_text(path)
-    line = 0
-    try:
-        if fmt == "jsonl":
-            rows = []
-            for line, content in enumerate(text.splitlines(), start=1):
-                if content.strip():
-                    rows.append(json.loads(content))
-        else:
-            rows = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}:line {line or error.lineno}: cannot read as {fmt}: {error.msg}") from None
+    if fmt == "jsonl":
+        numbered = enumerate(text.splitlines(), start=1)
+        rows: Any = [_loads(content, path, fmt, line) for line, content in numbered if content.strip()]
+    else:
+        rows = _loads(text, path, fmt)
     if fmt == "squad":
         return _flatten_squad(rows, path)
     if key:
@@ -108,6 +102,14 @@ def _read_json(path: Path, fmt: str, key: str) -> list[Row]:
             f"{path}: expected {'one JSON object per line' if fmt == 'jsonl' else 'a JSON list of objects'}"
         )
     return rows
+
+
+def _loads(text: str, path: Path, fmt: str, line: int = 0) -> Any:
+    """`json.loads`; a malformed document names its file and line (`line`: the JSON Lines line `text` is)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}:line {line or error.lineno}: cannot read as {fmt}: {error.msg}") from None
 
 
 def _flatten_squad(document: Any, path: Path) -> list[Row]:

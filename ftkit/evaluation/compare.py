@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -164,12 +164,13 @@ def _labels(paths: list[Path]) -> list[str]:
 # --- formatting ---------------------------------------------------------------------------------
 
 
-def _numeric(value: Any) -> bool:
+def _numeric(value: object) -> TypeGuard[float]:
     """A JSON number (NaN included: a degenerate interval is shown, not refused)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _number(value: Any) -> bool:
+def _number(value: object) -> TypeGuard[float]:
+    """A finite JSON number."""
     return _numeric(value) and math.isfinite(value)
 
 

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import numbers
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -125,14 +126,14 @@ def confusion_matrix(labels: list[str], matrix: list[list[int]], title: str, out
     return _save(fig, out)
 
 
-def _metric_order(systems: dict[str, dict[str, Any]]) -> list[str]:
+def _metric_order(systems: Mapping[str, Mapping[str, Any]]) -> list[str]:
     order: list[str] = []
     for system in systems.values():
         order += [m for m in system.get("metrics", {}) if m not in order]
     return order
 
 
-def _bars(ax: Any, systems: dict[str, dict[str, Any]], metrics: list[str]) -> None:
+def _bars(ax: Any, systems: Mapping[str, Mapping[str, Any]], metrics: list[str]) -> None:
     """Grouped bars on one axes: a group per metric, a bar per system, asymmetric CI whiskers."""
     count = len(systems)
     width = 0.8 / count
@@ -173,7 +174,7 @@ def _bars(ax: Any, systems: dict[str, dict[str, Any]], metrics: list[str]) -> No
     ax.set_axisbelow(True)
 
 
-def metric_bars(systems: dict[str, dict[str, dict[str, float]]], out: Path, title: str) -> Path:
+def metric_bars(systems: Mapping[str, Mapping[str, Any]], out: Path, title: str) -> Path:
     """Plot grouped bars with 95 % CI whiskers from the "systems" mapping of a metrics.json.
 
     `systems` is {system: {"metrics": {metric: {"value", "ci_low", "ci_high"}}, ...}}. Metrics that

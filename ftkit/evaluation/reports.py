@@ -61,10 +61,11 @@ def render_table(report: EvalReport) -> str:
     """Plain-text table for the terminal: each system's metrics with 95 % CIs, then the comparisons."""
     names = [s.name for s in report.systems]
     width = max(24, *(len(n) + 2 for n in names))
+    first = max(12, *(len(m) + 2 for m in report.metric_names))  # metric names such as field:order_id
     lines = [f"held-out {report.split}: {len(report.examples)} examples, task {report.task.name} (95% bootstrap CI)"]
-    lines.append(f"{'metric':<12}" + "".join(f"{n:<{width}}" for n in names))
+    lines.append(f"{'metric':<{first}}" + "".join(f"{n:<{width}}" for n in names))
     for metric in report.metric_names:
-        lines.append(f"{metric:<12}" + "".join(f"{_fmt(s.metrics[metric]):<{width}}" for s in report.systems))
+        lines.append(f"{metric:<{first}}" + "".join(f"{_fmt(s.metrics[metric]):<{width}}" for s in report.systems))
     for c in report.comparisons:
         verdict = "significant" if c.significant else "NOT significant"
         lines.append(
@@ -89,11 +90,13 @@ def render_markdown(report: EvalReport) -> str:
         if c.significant:
             word = "better" if c.improved else "worse"
             out.append(
-                f"- **{c.system}** is {word} than the base on {c.metric} by {c.difference:+.3f} (p = {c.p_value:.3g}, {c.test})."
+                f"- **{c.system}** is {word} than the base on {c.metric} by {c.difference:+.3f} "
+                f"(p = {c.p_value:.3g}, {c.test})."
             )
         else:
             out.append(
-                f"- **{c.system}** vs base on {c.metric}: {c.difference:+.3f}, **not significant** (p = {c.p_value:.3g}, {c.test}); "
+                f"- **{c.system}** vs base on {c.metric}: {c.difference:+.3f}, **not significant** "
+                f"(p = {c.p_value:.3g}, {c.test}); "
                 "this difference could be noise."
             )
     out += ["", "| system | eval time (s) | examples/s |", "|---|---|---|"]
@@ -140,7 +143,7 @@ def prediction_rows(report: EvalReport) -> list[dict[str, Any]]:
 def write_plots(report: EvalReport, summary: dict[str, Any], out: runs.RunDir, train_log: Path | None) -> list[Path]:
     """PNG plots: loss curves from the training log, metric bars with CI whiskers, confusion matrices."""
     title = f"{report.task.name} on {report.split} ({len(report.examples)} examples)"
-    written = [plots.metric_bars(summary["systems"], out.metrics_plot, title)]
+    written: list[Path | None] = [plots.metric_bars(summary["systems"], out.metrics_plot, title)]
     if train_log is not None:
         written.append(plots.loss_curves(train_log, out.loss_plot))
     for system in report.systems:

@@ -37,7 +37,7 @@ def evaluate_adapters(
     )
     run = runs.RunDir(recipe.run_dir)
     written = reports.write_reports(
-        report, out or run.eval, train_log=run.train_log if run.train_log.is_file() else None
+        report, out or run.eval.path, train_log=run.train_log if run.train_log.is_file() else None
     )
     print(reports.render_table(report))
     print("reports: " + ", ".join(str(path) for path in written))

@@ -66,6 +66,7 @@ def export_gguf(target: Path, out: Path, *, gguf_dtype: str, ollama: bool, overw
     ]
     if ollama:
         summary.append(
-            f"Ollama Modelfile -> {out / 'Modelfile'} (template checked); run: ollama create {name} -f {out / 'Modelfile'}"
+            f"Ollama Modelfile -> {out / 'Modelfile'} (template checked); "
+            f"run: ollama create {name} -f {out / 'Modelfile'}"
         )
     return "\n".join(summary)

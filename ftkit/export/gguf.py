@@ -26,7 +26,8 @@ def check_architecture(config: Any) -> None:
     if config.model_type != "llama":
         raise ExportError(
             f"GGUF export supports llama-architecture models (model_type 'llama': Llama, SmolLM, TinyLlama, ...); "
-            f"this model is '{config.model_type}'. Export --format safetensors and convert it with llama.cpp's convert_hf_to_gguf.py"
+            f"this model is '{config.model_type}'. "
+            "Export --format safetensors and convert it with llama.cpp's convert_hf_to_gguf.py"
         )
     scaling = getattr(config, "rope_scaling", None) or {}
     if scaling.get("rope_type", scaling.get("type", "default")) not in ("default", None):
@@ -156,7 +157,8 @@ def verify_gguf(merged_dir: Path, gguf_path: Path, probe: Probes, dtype: str) ->
     mismatched = [t for t in texts if gguf_tokenizer(t)["input_ids"] != merged_tokenizer(t)["input_ids"]]
     if mismatched:
         raise ExportError(
-            f"the GGUF tokenizer encodes {len(mismatched)} of {len(texts)} texts differently, e.g. {mismatched[0][:60]!r}"
+            f"the GGUF tokenizer encodes {len(mismatched)} of {len(texts)} texts differently, "
+            f"e.g. {mismatched[0][:60]!r}"
         )
     check.tokenizer_texts = len(texts)
     return check

@@ -200,7 +200,8 @@ def adapter_tokenizer(adapter_dir: Path, cfg: ModelConfig) -> Any:
 
 
 def save_and_reload(model: Any, tokenizer: Any, folder: Path) -> Any:
-    """Save as safetensors with the tokenizer, then load back with plain transformers (fp32) to check what was written."""
+    """Save as safetensors with the tokenizer, then load back with plain transformers (fp32) to check what was
+    written."""
     from transformers import AutoModelForCausalLM
 
     model.save_pretrained(folder, safe_serialization=True)
@@ -240,7 +241,8 @@ def combine(
     """
     if len(folders) < 2 or len(folders) != len(weights):
         raise MergeError(
-            f"--adapters and --weights: need two or more adapters and one weight each (got {len(folders)} and {len(weights)})"
+            "--adapters and --weights: need two or more adapters and one weight each "
+            f"(got {len(folders)} and {len(weights)})"
         )
     dirs = [runs.adapter_folder(folder) for folder in folders]
     cfg = lineage.base_config(dirs[0])

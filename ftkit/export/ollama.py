@@ -28,7 +28,8 @@ class RoleTemplate:
 
     def go_template(self) -> str:
         branches = "".join(
-            f'{{{{ {"if" if i == 0 else "else if"} eq .Role "{role}" }}}}{self.prefix[role]}{{{{ .Content }}}}{self.suffix[role]}'
+            f'{{{{ {"if" if i == 0 else "else if"} eq .Role "{role}" }}}}'
+            f"{self.prefix[role]}{{{{ .Content }}}}{self.suffix[role]}"
             for i, role in enumerate(("system", "user", "assistant"))
         )
         return f"{{{{ range .Messages }}}}{branches}{{{{ end }}}}{{{{ end }}}}{self.generation}"
@@ -55,7 +56,8 @@ def infer_role_template(tokenizer: Any) -> RoleTemplate:
     r_system, r_user, r_full, r_generation, r_no_system = texts
     if not (r_user.startswith(r_system) and r_full.startswith(r_user) and r_generation.startswith(r_user)):
         raise ExportError(
-            "Ollama export: the chat template is not a per-message template (earlier turns change); write the Modelfile TEMPLATE by hand"
+            "Ollama export: the chat template is not a per-message template (earlier turns change); "
+            "write the Modelfile TEMPLATE by hand"
         )
     blocks = {
         "system": (r_system, SYSTEM),

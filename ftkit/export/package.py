@@ -27,7 +27,7 @@ def export_adapter(target: Path, out: Path, overwrite: bool) -> Path:
             shutil.copy2(run.recipe, shipped.recipe)
         if metrics:
             write_json(shipped.metrics, metrics)
-        config = _read_json(adapter_dir / runs.ADAPTER_CONFIG)
+        config = json.loads((adapter_dir / runs.ADAPTER_CONFIG).read_text(encoding="utf-8"))  # adapter_folder saw it
         write_text(stage / "README.md", model_card(out.name, config, record, metrics))
         write_manifest(stage, {"lineage": record})
     return out
@@ -39,7 +39,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def model_card(name: str, config: dict[str, Any], record: dict[str, Any], metrics: dict[str, Any] | None) -> str:
     """A README for the adapter package: what it is, how well it does, how to load and serve it."""
-    base = record.get("base_model", {}).get("source") or config.get("base_model_name_or_path")
+    base = str(record.get("base_model", {}).get("source") or config.get("base_model_name_or_path"))
     model = record.get("model", {})
     lines = [
         f"# {name}",
@@ -49,7 +49,8 @@ def model_card(name: str, config: dict[str, Any], record: dict[str, Any], metric
         "",
         "| | |",
         "|---|---|",
-        f"| base model | `{base}` (weights fingerprint `{record.get('base_model', {}).get('fingerprint', '?')[:16]}`) |",
+        f"| base model | `{base}` "
+        f"(weights fingerprint `{record.get('base_model', {}).get('fingerprint', '?')[:16]}`) |",
         f"| trained on | {model.get('quantization', '?')} base weights |",
         f"| LoRA | r={config.get('r')}, alpha={config.get('lora_alpha')}, dropout={config.get('lora_dropout')}, "
         f"targets {config.get('target_modules')}, DoRA {config.get('use_dora', False)} |",
@@ -78,7 +79,8 @@ def model_card(name: str, config: dict[str, Any], record: dict[str, Any], metric
         + (
             "this adapter holds only LoRA matrices (no `modules_to_save`, no DoRA), which vLLM accepts."
             if not (config.get("modules_to_save") or config.get("use_dora"))
-            else "vLLM loads neither `modules_to_save` (e.g. lm_head) nor DoRA magnitudes: serve the merged model instead."
+            else "vLLM loads neither `modules_to_save` (e.g. lm_head) nor DoRA magnitudes: "
+            "serve the merged model instead."
         ),
         "- **ftkit serve** / **transformers + peft**: load the folder as above.",
         "- **llama.cpp / Ollama**: merge first (`ftkit export RUN --format gguf|ollama`).",

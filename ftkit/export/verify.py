@@ -115,5 +115,6 @@ def require(agreement: Agreement, tolerance: float, what: str) -> None:
 def describe(label: str, a: Agreement) -> str:
     return (
         f"  {label}: max |Δlogit| {a.max_abs_logit_diff:.3g}, mean {a.mean_abs_logit_diff:.3g}, "
-        f"next-token agreement {a.next_token_agreement:.1%}, greedy generations equal {a.generations_equal}/{a.generations}"
+        f"next-token agreement {a.next_token_agreement:.1%}, "
+        f"greedy generations equal {a.generations_equal}/{a.generations}"
     )

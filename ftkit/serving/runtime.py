@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,7 +155,8 @@ def load(targets: Sequence[Target], base: ModelConfig) -> Deployment:
     loaded = load_model(base)
     if not getattr(loaded.tokenizer, "chat_template", None):
         raise DeployError(f"the tokenizer of {loaded.source} has no chat template; chat and serve need a chat model")
-    model, names = loaded.model, {BASE_NAME: None}
+    model = loaded.model
+    names: dict[str, str | None] = {BASE_NAME: None}
     for target in targets:
         if target.adapter is not None:
             model = adapters.load(model, target.adapter, name=target.name, tokenizer=loaded.tokenizer)
@@ -281,7 +282,7 @@ class ReplyStream:
             self._error = error
             streamer.end()
 
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self) -> Generator[str, None, None]:  # a generator: callers close() it to stop early
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)

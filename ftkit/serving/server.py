@@ -24,8 +24,10 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ftkit.errors import FtkitError
@@ -36,6 +38,10 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1_000_000
 MAX_MESSAGES = 256
 MAX_STOP_STRINGS = 4
+
+# The request's `Authorization: Bearer <key>`, None when absent (not an error: a server may run without a key).
+# Module-level, so FastAPI can resolve the annotation of `authorize` in create_app.
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
 
 
 class ServeError(FtkitError):
@@ -158,10 +164,9 @@ def sampling_for(request: ChatRequest, prompt_tokens: int, context: int, limits:
 
 def create_app(deployment: runtime.Deployment, *, api_key: str | None = None, limits: Limits | None = None) -> Any:
     """The FastAPI application serving `deployment`; `api_key` (if any) is required as a Bearer token."""
-    from fastapi import Depends, FastAPI, Request
+    from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
-    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 
@@ -169,7 +174,6 @@ def create_app(deployment: runtime.Deployment, *, api_key: str | None = None, li
     lock = asyncio.Lock()
     started = int(time.time())
     app = FastAPI(title="ftkit serve", max_body_size=limits.max_body_bytes)
-    bearer = HTTPBearer(auto_error=False)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, error: ApiError) -> JSONResponse:
@@ -191,7 +195,7 @@ def create_app(deployment: runtime.Deployment, *, api_key: str | None = None, li
         log.error("request failed", exc_info=error)
         return await api_error(_, ApiError(500, "the server failed to answer; see its log", kind="server_error"))
 
-    def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    def authorize(credentials: BearerCredentials) -> None:
         if api_key is None:
             return
         given = credentials.credentials.encode() if credentials else b""

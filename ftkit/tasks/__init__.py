@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Annotated, Union
+from typing import TYPE_CHECKING, Annotated, TypeAlias, Union
 
 from pydantic import Field
 
@@ -24,10 +24,15 @@ def get_task(options: TaskOptions, max_length: int) -> Task:
     return _REGISTRY[options.name](options, max_length)
 
 
-# The recipe's `task:` section: one options model per task, chosen by its `name`.
-TaskSection = Annotated[
-    Union[tuple(_REGISTRY[name].Options for name in task_names())],  # noqa: UP007
-    Field(discriminator="name"),
-]
+# The recipe's `task:` section: one options model per task, chosen by its `name`. The union is
+# built from the registry at import time, which a static checker cannot follow; to it, the
+# section is what every member is, a `TaskOptions` (narrow with isinstance for a task's own keys).
+if TYPE_CHECKING:
+    TaskSection: TypeAlias = TaskOptions
+else:
+    TaskSection = Annotated[
+        Union[tuple(_REGISTRY[name].Options for name in task_names())],  # noqa: UP007
+        Field(discriminator="name"),
+    ]
 
 __all__ = ["Example", "Probe", "Task", "TaskOptions", "TaskSection", "get_task", "task_names"]

@@ -17,8 +17,9 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ftkit.data.encoding import Encoded, encode_prompt_completion, last_span_start
+from ftkit.data.encoding import Encoded, encode_prompt_completion, last_span_start, truncate_middle
 from ftkit.errors import FtkitError, RowError
+from ftkit.evaluation.inference import generate_greedy
 
 Row = dict[str, Any]
 Progress = Callable[[int], None]  # called with the number of examples just finished
@@ -138,6 +139,25 @@ class Task(ABC):
         if self.metrics[0] not in values:
             raise TypeError(f"task '{self.name}': per_example gives no '{self.metrics[0]}'; override example_scores")
         return values[self.metrics[0]]
+
+    def generate(
+        self,
+        model: Any,
+        tokenizer: Any,
+        examples: Sequence[Example],
+        batch_size: int,
+        progress: Progress,
+        max_new_tokens: int,
+    ) -> list[str]:
+        """Greedy replies to each example's prompt, batched; a long prompt loses its middle so that the
+        prompt and `max_new_tokens` fit `data.max_length`. For tasks that predict by generating."""
+        budget = self.max_length - max_new_tokens
+        replies: list[str] = []
+        for batch in batches(examples, batch_size):
+            prompts = [truncate_middle(tokenizer(e.prompt)["input_ids"], budget) for e in batch]
+            replies += generate_greedy(model, tokenizer, prompts, max_new_tokens)
+            progress(len(batch))
+        return replies
 
     def paired_test(self, metric: str) -> PairedTest:
         """McNemar's exact test for per-example 0/1 metrics, a paired bootstrap for the others."""

@@ -125,9 +125,9 @@ class Chat(Task):
             for example in batch:
                 ids, spans = assistant_spans(tokenizer, _messages(example))
                 start, end = spans[-1]
-                context, reply = ids[:start][-budget:], ids[start:end]
+                context, reply_ids = ids[:start][-budget:], ids[start:end]
                 contexts.append(context)
-                references.append(Encoded(context + reply, [IGNORE_INDEX] * len(context) + reply, False))
+                references.append(Encoded(context + reply_ids, [IGNORE_INDEX] * len(context) + reply_ids, False))
             replies = generate_greedy(model, tokenizer, contexts, self.options.max_new_tokens)
             logprobs = score_completions(model, tokenizer.pad_token_id, references)
             for reply, logprob, reference in zip(replies, logprobs, references):

@@ -12,11 +12,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ftkit.data.encoding import truncate_middle
 from ftkit.errors import RowError
-from ftkit.evaluation.inference import generate_greedy
 from ftkit.evaluation.metrics import compute, per_example
-from ftkit.tasks.base import Example, Progress, Row, Task, TaskOptions, alpaca_prompt, batches, register, render
+from ftkit.tasks.base import Example, Progress, Row, Task, TaskOptions, alpaca_prompt, register, render
 
 
 class QAOptions(TaskOptions):
@@ -84,14 +82,8 @@ class QA(Task):
     def predict(
         self, model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int, progress: Progress
     ) -> list[str]:
-        budget = self.max_length - self.options.max_new_tokens
-        predictions: list[str] = []
-        for batch in batches(examples, batch_size):
-            prompts = [truncate_middle(tokenizer(e.prompt)["input_ids"], budget) for e in batch]
-            replies = generate_greedy(model, tokenizer, prompts, self.options.max_new_tokens)
-            predictions += [first_line(reply) for reply in replies]
-            progress(len(batch))
-        return predictions
+        replies = self.generate(model, tokenizer, examples, batch_size, progress, self.options.max_new_tokens)
+        return [first_line(reply) for reply in replies]
 
     def scorers(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, Callable[[], float]]:
         @functools.cache

@@ -20,7 +20,7 @@ def lora_config(cfg: AdapterConfig) -> Any:
 
     return LoraConfig(
         r=cfg.r,
-        lora_alpha=cfg.alpha,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # peft annotates int, but only ever divides it by r
         lora_dropout=cfg.dropout,
         target_modules=cfg.target_modules,
         use_dora=cfg.use_dora,

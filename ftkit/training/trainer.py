@@ -142,9 +142,10 @@ class CompletionLossTrainer(Trainer):
         chunks = [inputs]
         if self.max_batch_tokens and num_items_in_batch is not None and self.args.world_size == 1:
             chunks = split_batch(inputs, self.max_batch_tokens)
-        return sum(
+        losses = [
             super(CompletionLossTrainer, self).training_step(model, chunk, num_items_in_batch) for chunk in chunks
-        )
+        ]
+        return sum(losses[1:], losses[0])
 
     def compute_loss(
         self,

@@ -58,7 +58,7 @@ def test_mapping_to_a_missing_column_lists_the_columns(tmp_path) -> None:
     path = _write(tmp_path / "d.jsonl", ROWS, "jsonl")
     recipe = _recipe(tmp_path, path, {"text": "body"})
     with pytest.raises(DataError, match=r"data.columns.text maps to column 'body'.*\['review_body', 'stars'\]"):
-        load_split(recipe, get_task(recipe.task, 64), "train").examples
+        load_split(recipe, get_task(recipe.task, 64), "train")
 
 
 def test_bad_row_is_named_by_file_and_row(tmp_path) -> None:
@@ -68,7 +68,7 @@ def test_bad_row_is_named_by_file_and_row(tmp_path) -> None:
     )
     recipe = _recipe(tmp_path, path)
     with pytest.raises(DataError, match=r"d.jsonl:row 2: 'text' must be a non-empty string"):
-        load_split(recipe, get_task(recipe.task, 64), "train").examples
+        load_split(recipe, get_task(recipe.task, 64), "train")
 
 
 @pytest.mark.parametrize(
@@ -111,7 +111,7 @@ def test_lines_format_parses_sst2_style_text_with_a_regex(tmp_path) -> None:
     assert [e.reference for e in examples] == ["positive", "negative"]
     path.write_text("1 fine\nbroken line\n")
     with pytest.raises(DataError, match="stsa.binary.dev:line 2: does not match data.line_pattern"):
-        load_split(recipe, get_task(recipe.task, 64), "test").examples
+        load_split(recipe, get_task(recipe.task, 64), "test")
 
 
 def test_tsv_is_read_with_tabs(tmp_path) -> None:

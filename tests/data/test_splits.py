@@ -14,6 +14,7 @@ from ftkit.data.sources import DataError, read_rows
 from ftkit.data.splits import hash_split, load_split
 from ftkit.recipe import SplitConfig, load_recipe
 from ftkit.tasks import get_task
+from ftkit.tasks.sentiment import Sentiment
 
 REVIEWS = [
     f"review number {i} says the {w} was {'great' if i % 2 else 'awful'} and arrived on day {i % 7}"
@@ -140,6 +141,7 @@ def test_labels_can_be_inferred_from_training_data(tmp_path) -> None:
         )
     )
     task = get_task(recipe.task, 64)
+    assert isinstance(task, Sentiment)
     assert task.needs_training_data()
     task.observe(load_split(recipe, task, "train").examples)
     assert task.labels == ["card_arrival", "pin", "top_up"]

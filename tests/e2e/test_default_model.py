@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from ftkit.data.prepared import encode_examples
+from ftkit.data.prepared import encode_examples, prepare
 from ftkit.data.splits import load_split
 from ftkit.recipe import load_recipe
 from ftkit.runs import RunDir
@@ -45,10 +45,10 @@ def test_qlora_steps_on_the_default_model_move_lora_and_lower_the_loss(default_m
     run = RunDir(recipe.run_dir)
     run.path.mkdir(parents=True)
 
-    result = train(recipe, run)
+    result = train(recipe, run, prepare(recipe))
 
     assert result.model.base_model.model.is_loaded_in_4bit
-    assert result.steps == 6 and result.lora_change > 0
+    assert result.steps == 6 and result.lora_change is not None and result.lora_change > 0
     config = json.loads((run.adapter / "adapter_config.json").read_text())
     assert config["r"] == 16 and config["peft_type"] == "LORA"
     task = get_task(recipe.task, recipe.data.max_length)

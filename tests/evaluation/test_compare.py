@@ -39,7 +39,7 @@ def write_run(
     """A run directory as `ftkit train` leaves it, reduced to what `compare` reads."""
     folder.mkdir(parents=True)
     primary = "accuracy" if task == "sentiment" else "exact_match"
-    systems = {
+    systems: dict[str, dict[str, Any]] = {
         "base": {
             "metrics": {primary: interval(base, base - 0.06, base + 0.06)},
             "eval_seconds": 39.5,

@@ -76,6 +76,14 @@ def test_eval_on_another_file_uses_the_recipe_column_mapping(trained, tmp_path) 
     assert metrics["examples"] == 2 and metrics["split"].endswith("other.csv")
 
 
+def test_eval_without_out_writes_into_the_run_directory(trained) -> None:
+    path, adapter = trained
+    assert main(["eval", str(path), "--adapter", str(adapter)]) == 0
+    reports = load_recipe(path).run_dir / "eval"
+    assert json.loads((reports / "metrics.json").read_text())["split"] == "test"
+    assert (reports / "report.md").is_file() and (reports / "predictions.jsonl").is_file()
+
+
 def test_eval_with_a_folder_that_is_not_an_adapter_is_a_clear_error(trained, tmp_path, capsys) -> None:
     path, _ = trained
     assert main(["eval", str(path), "--adapter", str(tmp_path)]) == 2

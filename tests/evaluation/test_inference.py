@@ -39,7 +39,7 @@ def test_predict_picks_the_highest_scoring_label(tiny, tokenizer) -> None:
     examples = [
         task.make_example({"text": t, "label": "positive"}, f"f:row {i}") for i, t in enumerate(["good", "bad", "meh"])
     ]
-    seen = []
+    seen: list[int] = []
     predictions = task.predict(tiny, tokenizer, examples, batch_size=2, progress=seen.append)
     assert seen == [2, 1]
     for example, prediction in zip(examples, predictions):

@@ -153,7 +153,7 @@ def test_metric_bars_three_systems(tmp_path: Path) -> None:
 
 def test_metric_bars_from_metrics_json_with_mixed_scales(tmp_path: Path) -> None:
     """chrF (0..100) gets its own panel; a CI that does not contain the value still draws."""
-    metrics = {
+    metrics: dict[str, Any] = {
         "schema": "ftkit.metrics/1",
         "systems": {
             "base": {"metrics": {"exact_match": interval(0.3), "chrf": interval(24.0, 3.0)}},

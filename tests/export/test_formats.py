@@ -95,6 +95,7 @@ def test_go_template_is_one_branch_per_role() -> None:
         {"system": "S:", "user": "U:", "assistant": "A:"}, {"system": "\n", "user": "\n", "assistant": "\n"}, "A:", None
     )
     assert template.go_template() == (
-        '{{ range .Messages }}{{ if eq .Role "system" }}S:{{ .Content }}\n{{ else if eq .Role "user" }}U:{{ .Content }}\n'
+        '{{ range .Messages }}{{ if eq .Role "system" }}S:{{ .Content }}\n'
+        '{{ else if eq .Role "user" }}U:{{ .Content }}\n'
         '{{ else if eq .Role "assistant" }}A:{{ .Content }}\n{{ end }}{{ end }}A:'
     )

@@ -57,6 +57,7 @@ def test_quantized_adapter_merges_into_dequantized_weights(trained_run, tmp_path
     # into the original weights (off by the weights' quantization error). LLM.int8() also quantizes
     # activations in its forward, which no merged model reproduces: a smaller margin there.
     margin = 5 if quantization == "4bit" else 1
+    assert dequantized.quantization_gap is not None and original.quantization_gap is not None
     assert dequantized.quantization_gap.mean_abs_logit_diff * margin < original.quantization_gap.mean_abs_logit_diff
 
 

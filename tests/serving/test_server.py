@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 from ftkit.cli import main
 from ftkit.serving import runtime
@@ -23,7 +24,7 @@ from ftkit.serving.server import Limits, bind, create_app, server
 from tests.tiny_adapters import make_adapter, make_run
 
 KEY = "test-key-123"
-HELLO = [{"role": "user", "content": "Hello, how are you?"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello, how are you?"}]
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,9 @@ def error_of(response: httpx.Response, status: int) -> dict:
     return body["error"]
 
 
-def post(base_url: str, body: object, *, key: str | None = KEY, raw: object = None) -> httpx.Response:
+def post(
+    base_url: str, body: object, *, key: str | None = KEY, raw: bytes | Iterable[bytes] | None = None
+) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     if raw is not None:
         return httpx.post(

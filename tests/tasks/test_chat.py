@@ -7,7 +7,7 @@ import pytest
 from ftkit.data.encoding import IGNORE_INDEX
 from ftkit.errors import RowError
 from ftkit.tasks import get_task
-from ftkit.tasks.chat import ChatOptions
+from ftkit.tasks.chat import ChatExample, ChatOptions
 
 CONVERSATION = [
     {"role": "system", "content": "You are Northwind Goods' support assistant."},
@@ -28,7 +28,8 @@ def test_labels_cover_exactly_the_assistant_turns(chat, tokenizer) -> None:
     encoded = chat.encode(example, tokenizer)
     text = tokenizer.apply_chat_template(CONVERSATION, tokenize=False)
     assert tokenizer.decode(encoded.input_ids) == text
-    trained_runs, current = [], []
+    trained_runs: list[list[int]] = []
+    current: list[int] = []
     for token, label in zip(encoded.input_ids, encoded.labels):
         if label == IGNORE_INDEX:
             if current:
@@ -42,7 +43,7 @@ def test_labels_cover_exactly_the_assistant_turns(chat, tokenizer) -> None:
     decoded = [tokenizer.decode(run) for run in trained_runs]
     end = tokenizer.eos_token  # <|im_end|>: ends every assistant turn and carries loss
     assert decoded == [f"{CONVERSATION[2]['content']}{end}\n", f"{CONVERSATION[4]['content']}{end}\n"]
-    untrained = tokenizer.decode([t for t, l in zip(encoded.input_ids, encoded.labels) if l == IGNORE_INDEX])
+    untrained = tokenizer.decode([t for t, label in zip(encoded.input_ids, encoded.labels) if label == IGNORE_INDEX])
     assert "My order NW-123456 is late." in untrained and "refund instead" in untrained
     assert "<|im_start|>assistant\n" in untrained, "the role header is context, not a target"
 
@@ -50,9 +51,10 @@ def test_labels_cover_exactly_the_assistant_turns(chat, tokenizer) -> None:
 def test_single_turn_and_system_prompt_option(tokenizer) -> None:
     chat = get_task(ChatOptions(name="chat", system_prompt="Be brief."), max_length=512)
     example = chat.make_example({"messages": CONVERSATION[1:3]}, "f:row 2")
+    assert isinstance(example, ChatExample)
     assert example.messages[0] == {"role": "system", "content": "Be brief."}
     encoded = chat.encode(example, tokenizer)
-    trained = tokenizer.decode([t for t, l in zip(encoded.input_ids, encoded.labels) if l != IGNORE_INDEX])
+    trained = tokenizer.decode([t for t, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX])
     assert trained.startswith(CONVERSATION[2]["content"])
 
 
@@ -61,7 +63,7 @@ def test_truncation_drops_the_oldest_tokens_and_keeps_the_last_reply(tokenizer) 
     encoded = chat.encode(chat.make_example({"messages": CONVERSATION}, "f:row 3"), tokenizer)
     assert len(encoded.input_ids) == 40 and encoded.prompt_truncated
     assert CONVERSATION[4]["content"] in tokenizer.decode(
-        [t for t, l in zip(encoded.input_ids, encoded.labels) if l != -100]
+        [t for t, label in zip(encoded.input_ids, encoded.labels) if label != -100]
     )
 
 

@@ -123,10 +123,13 @@ def test_grouped_and_split_training_equals_plain_training(write_recipe, sentimen
     files = {"train": str(data), "validation": None, "test": str(data), "allow_overlap": True, "max_length": 192}
     import ftkit.training.trainer
 
-    splits = []
-    monkeypatch.setattr(
-        ftkit.training.trainer, "split_batch", lambda batch, n: splits.append(n) or split_batch(batch, n)
-    )
+    splits: list[int] = []
+
+    def recording_split(batch: dict[str, torch.Tensor], max_tokens: int) -> list[dict[str, torch.Tensor]]:
+        splits.append(max_tokens)
+        return split_batch(batch, max_tokens)
+
+    monkeypatch.setattr(ftkit.training.trainer, "split_batch", recording_split)
     adapters = []
     for name, grouped in (("grouped", True), ("plain", False)):
         cfg = {"max_steps": 1, "batch_size": 12, "group_by_length": grouped, "warmup_ratio": 0.0, "learning_rate": 1e-3}

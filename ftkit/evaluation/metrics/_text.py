@@ -12,12 +12,37 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Sequence
-from typing import Union
+from typing import TypeAlias
 
 import datasets
+import evaluate
 
 #: One reference string, or several acceptable references, for one example.
-References = Union[str, Sequence[str]]
+References: TypeAlias = str | Sequence[str]
+
+SKLEARN_CITATION = """@article{scikit-learn, title={Scikit-learn: Machine Learning in {P}ython},
+author={Pedregosa, F. and others}, journal={JMLR}, volume={12}, pages={2825--2830}, year={2011}}"""
+
+
+def metric_info(
+    description: str,
+    citation: str,
+    inputs: str,
+    features: datasets.Features | list[datasets.Features],
+    **urls: list[str],
+) -> evaluate.MetricInfo:
+    """What every ftkit metric's ``_info`` returns: its documentation and input schema(s).
+
+    ``urls`` are ``reference_urls`` and/or ``codebase_urls``.
+    """
+    return evaluate.MetricInfo(
+        description=description, citation=citation, inputs_description=inputs, features=features, **urls
+    )
+
+
+def label_features() -> datasets.Features:
+    """Input schema for metrics over string class labels: one prediction, one reference."""
+    return datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")})
 
 
 def text_features() -> list[datasets.Features]:
@@ -26,15 +51,13 @@ def text_features() -> list[datasets.Features]:
     Single-string references are listed first: evaluate picks the first schema
     the first example fits, and a plain string would also "fit" a sequence.
     """
-    return [
-        datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-        datasets.Features(
-            {
-                "predictions": datasets.Value("string"),
-                "references": datasets.Sequence(datasets.Value("string")),
-            }
-        ),
-    ]
+    several = {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
+    return [label_features(), datasets.Features(several)]
+
+
+def mean(values: Sequence[float]) -> float:
+    """The corpus score of a metric whose per-example scores average to it."""
+    return sum(values) / len(values)
 
 
 def check_lengths(predictions: Sequence[object], references: Sequence[object]) -> None:

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import datasets
 import evaluate
 from sklearn.metrics import accuracy_score
 
-from ._text import check_lengths
+from ._text import SKLEARN_CITATION, check_lengths, label_features, metric_info
 
 _DESCRIPTION = """Fraction of examples whose predicted label equals the reference label
 (exact string match; normalise labels before calling if needed). Range 0..1."""
-
-_CITATION = """@article{scikit-learn, title={Scikit-learn: Machine Learning in {P}ython},
-author={Pedregosa, F. and others}, journal={JMLR}, volume={12}, pages={2825--2830}, year={2011}}"""
 
 _INPUTS = """
 Args:
@@ -35,15 +31,8 @@ class Accuracy(evaluate.Metric):
     """Exact-match accuracy over string labels."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_INPUTS,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
-            reference_urls=["https://scikit-learn.org/stable/modules/generated/sklearn.metrics.accuracy_score.html"],
-        )
+        url = "https://scikit-learn.org/stable/modules/generated/sklearn.metrics.accuracy_score.html"
+        return metric_info(_DESCRIPTION, SKLEARN_CITATION, _INPUTS, label_features(), reference_urls=[url])
 
     def _compute(self, predictions: list[str], references: list[str]) -> dict[str, float]:
         check_lengths(predictions, references)

@@ -7,11 +7,12 @@ generation; sacrebleu is the reference implementation.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict, Unpack
 
 import evaluate
 from sacrebleu.metrics import CHRF
 
-from ._text import References, as_reference_lists, check_lengths, text_features
+from ._text import References, as_reference_lists, check_lengths, metric_info, text_features
 
 _DESCRIPTION = """Corpus-level chrF from sacrebleu's CHRF (statistics summed over the
 corpus, then one F-score), on sacrebleu's 0..100 scale. With word_order=2 it
@@ -43,33 +44,39 @@ def _reference_streams(references: Sequence[References]) -> list[list[str | None
     return [[refs[j] if j < len(refs) else None for refs in per_example] for j in range(width)]
 
 
-def _chrf(char_order: int, word_order: int, beta: int) -> CHRF:
-    return CHRF(char_order=char_order, word_order=word_order, beta=beta)
+class ChrfOptions(TypedDict, total=False):
+    """sacrebleu CHRF settings, given by keyword: char_order (default 6), word_order (default 0;
+    2 gives chrF++) and beta (default 2)."""
+
+    char_order: int
+    word_order: int
+    beta: int
 
 
-def corpus_score(
-    predictions: Sequence[str],
-    references: Sequence[References],
-    char_order: int = 6,
-    word_order: int = 0,
-    beta: int = 2,
-) -> float:
-    """Corpus chrF (0..100); also usable as a bootstrap statistic."""
+def _chrf(predictions: Sequence[str], references: Sequence[References], options: ChrfOptions) -> CHRF:
+    """The scorer, once the inputs are known to be aligned and non-empty and the options known."""
     check_lengths(predictions, references)
-    metric = _chrf(char_order, word_order, beta)
-    return float(metric.corpus_score(list(predictions), _reference_streams(references)).score)
+    unknown = sorted(set(options) - ChrfOptions.__optional_keys__)
+    if unknown:  # what a signature with the three named parameters would refuse
+        raise TypeError(f"unexpected chrF option(s) {unknown}; known: {sorted(ChrfOptions.__optional_keys__)}")
+    return CHRF(
+        char_order=options.get("char_order", 6), word_order=options.get("word_order", 0), beta=options.get("beta", 2)
+    )
+
+
+def corpus_score(predictions: Sequence[str], references: Sequence[References], **options: Unpack[ChrfOptions]) -> float:
+    """Corpus chrF (0..100); also usable as a bootstrap statistic."""
+    metric = _chrf(predictions, references, options)
+    # sacrebleu annotates reference streams as str only, but documents and skips None (a missing reference).
+    streams = _reference_streams(references)
+    return float(metric.corpus_score(list(predictions), streams).score)  # type: ignore[arg-type]
 
 
 def example_scores(
-    predictions: Sequence[str],
-    references: Sequence[References],
-    char_order: int = 6,
-    word_order: int = 0,
-    beta: int = 2,
+    predictions: Sequence[str], references: Sequence[References], **options: Unpack[ChrfOptions]
 ) -> list[float]:
     """Sentence-level chrF (0..100) per example."""
-    check_lengths(predictions, references)
-    metric = _chrf(char_order, word_order, beta)
+    metric = _chrf(predictions, references, options)
     return [
         float(metric.sentence_score(pred, refs).score)
         for pred, refs in zip(predictions, as_reference_lists(references))
@@ -80,20 +87,10 @@ class Chrf(evaluate.Metric):
     """Corpus chrF / chrF++ from sacrebleu, 0..100."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_INPUTS,
-            features=text_features(),
-            codebase_urls=["https://github.com/mjpost/sacrebleu"],
-        )
+        url = "https://github.com/mjpost/sacrebleu"
+        return metric_info(_DESCRIPTION, _CITATION, _INPUTS, text_features(), codebase_urls=[url])
 
     def _compute(
-        self,
-        predictions: list[str],
-        references: list[References],
-        char_order: int = 6,
-        word_order: int = 0,
-        beta: int = 2,
+        self, predictions: list[str], references: list[References], **options: Unpack[ChrfOptions]
     ) -> dict[str, float]:
-        return {"chrf": corpus_score(predictions, references, char_order, word_order, beta)}
+        return {"chrf": corpus_score(predictions, references, **options)}

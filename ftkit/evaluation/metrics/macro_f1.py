@@ -10,19 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import datasets
 import evaluate
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from ._text import check_lengths
+from ._text import SKLEARN_CITATION, check_lengths, label_features, metric_info
 
 _DESCRIPTION = """Unweighted mean of per-class F1 over string labels (scikit-learn,
 zero_division=0), plus per-class precision/recall/F1/support and the confusion
 matrix. All scores are in 0..1."""
-
-_CITATION = """@article{scikit-learn, title={Scikit-learn: Machine Learning in {P}ython},
-author={Pedregosa, F. and others}, journal={JMLR}, volume={12}, pages={2825--2830}, year={2011}}"""
 
 _INPUTS = """
 Args:
@@ -59,17 +55,8 @@ class MacroF1(evaluate.Metric):
     """Macro F1 + per-class report + confusion matrix."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_INPUTS,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
-            reference_urls=[
-                "https://scikit-learn.org/stable/modules/generated/sklearn.metrics.precision_recall_fscore_support.html"
-            ],
-        )
+        url = "https://scikit-learn.org/stable/modules/generated/sklearn.metrics.precision_recall_fscore_support.html"
+        return metric_info(_DESCRIPTION, SKLEARN_CITATION, _INPUTS, label_features(), reference_urls=[url])
 
     def _compute(
         self,

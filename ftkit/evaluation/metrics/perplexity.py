@@ -15,6 +15,8 @@ import datasets
 import evaluate
 import numpy as np
 
+from ._text import metric_info
+
 _DESCRIPTION = """Token-level perplexity exp(sum(nll) / sum(num_tokens)), where nll is each
 example's summed negative log-likelihood in nats (natural log) and num_tokens
 the number of scored tokens. Also returns mean_nll (nats/token) and the token
@@ -56,13 +58,9 @@ class Perplexity(evaluate.Metric):
     """Aggregates (nll, num_tokens) pairs into corpus perplexity."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_INPUTS,
-            features=datasets.Features({"nll": datasets.Value("float64"), "num_tokens": datasets.Value("int64")}),
-            reference_urls=["https://huggingface.co/docs/transformers/perplexity"],
-        )
+        features = datasets.Features({"nll": datasets.Value("float64"), "num_tokens": datasets.Value("int64")})
+        url = "https://huggingface.co/docs/transformers/perplexity"
+        return metric_info(_DESCRIPTION, _CITATION, _INPUTS, features, reference_urls=[url])
 
     def _compute(self, nll: list[float], num_tokens: list[int]) -> dict[str, float]:
         return aggregate(nll, num_tokens)

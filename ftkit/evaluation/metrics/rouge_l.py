@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import evaluate
 from rouge_score import rouge_scorer
 
-from ._text import References, as_reference_lists, check_lengths, nfkc, text_features
+from ._text import References, as_reference_lists, check_lengths, mean, metric_info, nfkc, text_features
 
 _DESCRIPTION = """ROUGE-L (longest common subsequence) F-measure from rouge-score, best over
 the references of each example, averaged over examples. Range 0..1. No
@@ -84,14 +84,8 @@ class RougeL(evaluate.Metric):
     """Mean ROUGE-L F-measure with multi-reference max and Unicode tokenisation."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_INPUTS,
-            features=text_features(),
-            codebase_urls=["https://github.com/google-research/google-research/tree/master/rouge"],
-        )
+        url = "https://github.com/google-research/google-research/tree/master/rouge"
+        return metric_info(_DESCRIPTION, _CITATION, _INPUTS, text_features(), codebase_urls=[url])
 
     def _compute(self, predictions: list[str], references: list[References]) -> dict[str, float]:
-        scores = example_scores(predictions, references)
-        return {"rouge_l": sum(scores) / len(scores)}
+        return {"rouge_l": mean(example_scores(predictions, references))}

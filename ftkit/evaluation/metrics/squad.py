@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import evaluate
 
-from ._text import References, as_reference_lists, check_lengths, nfkc, text_features
+from ._text import References, as_reference_lists, check_lengths, mean, metric_info, nfkc, text_features
 
 _DESCRIPTION = """SQuAD exact match and token-overlap F1, best over the acceptable
 answers of each example, averaged over examples. Scores are in 0..1 (NOT 0..100
@@ -84,14 +84,8 @@ class Squad(evaluate.Metric):
     """SQuAD exact match / F1 in 0..1."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_INPUTS,
-            features=text_features(),
-            reference_urls=["https://rajpurkar.github.io/SQuAD-explorer/"],
-        )
+        url = "https://rajpurkar.github.io/SQuAD-explorer/"
+        return metric_info(_DESCRIPTION, _CITATION, _INPUTS, text_features(), reference_urls=[url])
 
     def _compute(self, predictions: list[str], references: list[References]) -> dict[str, float]:
-        scores = example_scores(predictions, references)
-        return {key: sum(values) / len(values) for key, values in scores.items()}
+        return {key: mean(values) for key, values in example_scores(predictions, references).items()}
