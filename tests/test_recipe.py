@@ -209,7 +209,7 @@ def test_unknown_task_name_suggests_close_task(folder: Path) -> None:
     [problem] = problems(path)
     assert problem.startswith(f"{path}:2: task.name: unknown task 'sentimnt'")
     assert "did you mean 'sentiment'" in problem
-    assert "available: chat, qa, sentiment" in problem
+    assert "available: chat, extract, qa, sentiment" in problem
 
 
 def test_missing_task_section(folder: Path) -> None:
