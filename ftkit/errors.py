@@ -1,6 +1,6 @@
 """The one base class for errors a user can act on.
 
-Every room raises its own subclass; the CLI turns any `FtkitError` into a one-line message and
+Every module raises its own subclass; the CLI turns any `FtkitError` into a one-line message and
 exit code 2, so a traceback means a bug in ftkit, never bad input.
 """
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from ftkit.errors import FtkitError
 from ftkit.serving import runtime
+from ftkit.serving.stream import ReplyStream, Sampling
+from ftkit.serving.targets import resolve_targets
 
 HELP = """commands: /system TEXT  set the system prompt (empty TEXT removes it)
           /reset        forget the conversation (the system prompt stays)
@@ -27,9 +29,9 @@ def run_chat(
             f"--max-new-tokens must be at least 1 (got {max_new_tokens}) and --temperature at least 0 "
             f"(got {temperature})"
         )
-    targets, base = runtime.resolve_targets([target], quantization)
+    found, base = resolve_targets([target], quantization)
     print(f"loading {base.source} ({base.quantization}) ...", file=sys.stderr)
-    deployment = runtime.load(targets, base)
+    deployment = runtime.load(found, base)
     name = deployment.names[-1]  # the adapter, or the base for a model folder
     conversation = runtime.Conversation(system=system)
     print(f"chatting with {name} (context {deployment.context} tokens)\n{HELP}", file=sys.stderr)
@@ -52,7 +54,7 @@ def run_chat(
                     deployment,
                     conversation,
                     line,
-                    runtime.Sampling(max_new_tokens=max_new_tokens, temperature=temperature),
+                    Sampling(max_new_tokens=max_new_tokens, temperature=temperature),
                 )
 
 
@@ -73,9 +75,7 @@ def command(line: str, conversation: runtime.Conversation) -> None:
         print(HELP, file=sys.stderr)
 
 
-def answer(
-    deployment: runtime.Deployment, conversation: runtime.Conversation, text: str, sampling: runtime.Sampling
-) -> None:
+def answer(deployment: runtime.Deployment, conversation: runtime.Conversation, text: str, sampling: Sampling) -> None:
     """Stream one reply to stdout and keep it in the conversation; Ctrl-C keeps what was said so far."""
     conversation.add("user", text)
     prompt = runtime.prompt_ids(deployment.tokenizer, conversation.messages())
@@ -88,7 +88,7 @@ def answer(
             file=sys.stderr,
         )
         return
-    stream = runtime.ReplyStream(
+    stream = ReplyStream(
         deployment.model,
         deployment.tokenizer,
         prompt,

@@ -32,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ftkit.errors import FtkitError
 from ftkit.serving import runtime
+from ftkit.serving.stream import Reply, ReplyStream, Sampling
+from ftkit.serving.targets import resolve_targets
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +134,7 @@ class Limits:
     max_body_bytes: int = MAX_BODY_BYTES
 
 
-def sampling_for(request: ChatRequest, prompt_tokens: int, context: int, limits: Limits) -> runtime.Sampling:
+def sampling_for(request: ChatRequest, prompt_tokens: int, context: int, limits: Limits) -> Sampling:
     """The request's sampling settings, or a 400 naming the parameter that does not fit."""
     asked = request.max_completion_tokens or request.max_tokens
     param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
@@ -153,7 +155,7 @@ def sampling_for(request: ChatRequest, prompt_tokens: int, context: int, limits:
             param="messages",
             code="context_length_exceeded",
         )
-    return runtime.Sampling(
+    return Sampling(
         max_new_tokens=asked or min(limits.max_new_tokens, room),
         temperature=1.0 if request.temperature is None else request.temperature,  # OpenAI's default
         top_p=1.0 if request.top_p is None else request.top_p,
@@ -221,7 +223,7 @@ def create_app(deployment: runtime.Deployment, *, api_key: str | None = None, li
                 code="model_not_found",
             )
         prompt = render(deployment, request)
-        stream = runtime.ReplyStream(
+        stream = ReplyStream(
             deployment.model,
             deployment.tokenizer,
             prompt,
@@ -299,7 +301,7 @@ class Completion:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
     @staticmethod
-    def usage(reply: runtime.Reply) -> dict[str, int]:
+    def usage(reply: Reply) -> dict[str, int]:
         total = reply.prompt_tokens + reply.completion_tokens
         return {
             "prompt_tokens": reply.prompt_tokens,
@@ -307,7 +309,7 @@ class Completion:
             "total_tokens": total,
         }
 
-    def whole(self, reply: runtime.Reply) -> dict[str, Any]:
+    def whole(self, reply: Reply) -> dict[str, Any]:
         message = {"role": "assistant", "content": reply.text}
         choice = {"index": 0, "message": message, "finish_reason": reply.finish_reason, "logprobs": None}
         return self._head("chat.completion") | {"choices": [choice], "usage": self.usage(reply)}
@@ -316,7 +318,7 @@ class Completion:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
         return event(self._head("chat.completion.chunk") | {"choices": [choice]})
 
-    def usage_chunk(self, reply: runtime.Reply) -> str:
+    def usage_chunk(self, reply: Reply) -> str:
         return event(self._head("chat.completion.chunk") | {"choices": [], "usage": self.usage(reply)})
 
 
@@ -328,7 +330,7 @@ async def sse(
     lock: asyncio.Lock,
     deployment: runtime.Deployment,
     name: str,
-    stream: runtime.ReplyStream,
+    stream: ReplyStream,
     completion: Completion,
     include_usage: bool,
 ) -> AsyncIterator[str]:
@@ -360,7 +362,7 @@ async def sse(
     yield "data: [DONE]\n\n"
 
 
-def log_reply(name: str, reply: runtime.Reply) -> None:
+def log_reply(name: str, reply: Reply) -> None:
     log.info(
         "%s: %d prompt + %d completion tokens in %.2f s (%.1f tokens/s, %s)",
         name,
@@ -423,9 +425,9 @@ def serve(
             host,
             api_key_env,
         )
-    targets, base = runtime.resolve_targets(paths, quantization)
+    found, base = resolve_targets(paths, quantization)
     with bind(host, port) as sock:
-        deployment = runtime.load(targets, base)
+        deployment = runtime.load(found, base)
         app = create_app(deployment, api_key=api_key, limits=Limits(max_new_tokens=max_new_tokens_limit))
         address = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}/v1"
         key_note = (

@@ -21,6 +21,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from ftkit.cli import main
 from ftkit.serving import runtime
 from ftkit.serving.server import Limits, bind, create_app, server
+from ftkit.serving.targets import DeployError, Target, resolve_targets, shared_base
 from tests.tiny_adapters import make_adapter, make_run
 
 KEY = "test-key-123"
@@ -32,7 +33,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
     root = tmp_path_factory.mktemp("serve")
     alpha = make_run(root, tiny_model_dir, "alpha", seed=1)
     beta = make_adapter(root / "beta", tiny_model_dir, seed=2)
-    deployment = runtime.load(*runtime.resolve_targets([alpha, beta]))
+    deployment = runtime.load(*resolve_targets([alpha, beta]))
     app = create_app(deployment, api_key=KEY, limits=Limits(max_new_tokens=32, max_body_bytes=20_000))
     sock = bind("127.0.0.1", 0)
     uvicorn_server = server(app, log_level="warning")
@@ -211,21 +212,21 @@ def test_adapters_of_different_bases_are_refused_before_loading(tmp_path: Path) 
     from ftkit.recipe import ModelConfig
 
     targets = [
-        runtime.Target("a", ModelConfig(source=str(tmp_path)), tmp_path),
-        runtime.Target("b", ModelConfig(source="default"), tmp_path),
+        Target("a", ModelConfig(source=str(tmp_path)), tmp_path),
+        Target("b", ModelConfig(source="default"), tmp_path),
     ]
-    with pytest.raises(runtime.DeployError, match="one process serves adapters of one base model"):
-        runtime.shared_base(targets, None)
+    with pytest.raises(DeployError, match="one process serves adapters of one base model"):
+        shared_base(targets, None)
 
 
 def test_an_adapter_served_on_a_differently_quantized_base_is_warned_about(tmp_path: Path, caplog) -> None:
     from ftkit.recipe import ModelConfig
 
-    trained = runtime.Target("a", ModelConfig(source=str(tmp_path), quantization="none"), tmp_path)
-    assert runtime.shared_base([trained], "4bit").quantization == "4bit"
+    trained = Target("a", ModelConfig(source=str(tmp_path), quantization="none"), tmp_path)
+    assert shared_base([trained], "4bit").quantization == "4bit"
     assert "'a' was trained with quantization none and runs with 4bit" in caplog.text
     caplog.clear()
-    assert runtime.shared_base([trained], None).quantization == "none" and not caplog.text
+    assert shared_base([trained], None).quantization == "none" and not caplog.text
 
 
 def test_serve_with_a_folder_that_is_no_target_is_one_error_line(tmp_path: Path, capsys) -> None:
