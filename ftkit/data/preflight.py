@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ftkit.data.encoding import IGNORE_INDEX, Encoded
+from ftkit.data.encoding import IGNORE_INDEX, Encoded, stop_ids
 from ftkit.data.prepared import PreparedData, prepare
 from ftkit.recipe import Recipe, load_recipe
 
@@ -70,12 +70,15 @@ def render_report(recipe: Recipe, result: PreparedData) -> str:
         )
     for name, enc in result.encoded.items():
         lengths = [len(r.input_ids) for r in enc.rows]
-        eos = sum(tokenizer.eos_token_id in r.trained_ids for r in enc.rows)
+        stops = set(stop_ids(tokenizer))
+        eos = sum(bool(stops & set(r.trained_ids)) for r in enc.rows)
         lines.append(
             f"{name}: tokens/example {_percentiles(lengths)}; truncated {enc.truncated} of {len(enc.rows)}; "
             f"trained tokens {enc.trained_tokens} of {enc.tokens} "
-            f"({100 * enc.trained_tokens / max(1, enc.tokens):.1f}%); EOS carries loss in {eos} of {len(enc.rows)}"
+            f"({100 * enc.trained_tokens / max(1, enc.tokens):.1f}%); "
+            f"EOS/end of turn carries loss in {eos} of {len(enc.rows)}"
         )
+        lines += [f"    note: {note} ({n} of {len(enc.rows)} examples)" for note, n in enc.notes.items()]
     lines.append("examples with no trained token: 0 (any would be an error naming its row)")
     for overlap in result.overlaps:
         lines.append(
