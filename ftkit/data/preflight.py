@@ -13,6 +13,7 @@ from typing import Any
 
 from ftkit.data.encoding import IGNORE_INDEX, Encoded, stop_ids
 from ftkit.data.prepared import PreparedData, prepare
+from ftkit.models import meta_model
 from ftkit.recipe import Recipe, load_recipe
 
 
@@ -108,11 +109,9 @@ def estimate_memory(recipe: Recipe, source: str) -> str:
     gradient). Upper bound on sequence length: data.max_length.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(source, trust_remote_code=recipe.model.trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    model = meta_model(source, recipe.model)
+    config = model.config
     linears = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in name]
     linear_params = sum(m.weight.numel() for m in linears)
     other_params = sum(p.numel() for p in model.parameters()) - linear_params

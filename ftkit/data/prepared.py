@@ -19,7 +19,7 @@ from ftkit.data.overlap import Overlap, find_overlap
 from ftkit.data.sources import DataError
 from ftkit.data.splits import LoadedSplit, load_split
 from ftkit.errors import FtkitError, RowError
-from ftkit.models import load_tokenizer, resolve_source
+from ftkit.models import check_quantizable, load_tokenizer, resolve_source
 from ftkit.recipe import Recipe
 from ftkit.tasks import Example, Task, get_task
 
@@ -89,9 +89,11 @@ class PreparedData:
 
 
 def prepare(recipe: Recipe) -> PreparedData:
-    """The recipe's task and tokenizer (no model weights), then every check below."""
+    """The recipe's task and tokenizer (no model weights), then every check below; a quantization the
+    model's layers cannot take is refused here, before anything else loads."""
     source = resolve_source(recipe.model.source)
     task = get_task(recipe.task, recipe.data.max_length)
+    check_quantizable(source, recipe.model)
     return prepare_splits(recipe, task, load_tokenizer(source, recipe.model), source)
 
 
