@@ -245,8 +245,10 @@ def _final_turn(
     span = _turn_span(tokenizer, turns, len(turns) - 1, ids, specials)
     if span is None:
         raise RowError(
-            "the tokenizer's chat template does not render the final assistant turn after the rest of the "
-            "conversation, so it cannot be located by token; use a model with a standard chat template"
+            "the chat template renders the final assistant turn after another context than the generation "
+            "prompt chat and serve would send (Mistral v0.3's drops the system turn from finished conversations), "
+            "so training would not match serving; remove the system turn (from the data, and "
+            "task.system_prompt: null), or use a model whose template renders both alike"
         )
     return Rendered(ids, [span], notes)
 

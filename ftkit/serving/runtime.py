@@ -150,12 +150,17 @@ def load(targets: Sequence[Target], base: ModelConfig) -> Deployment:
     Passing the tokenizer to `adapters.load` is what reports (on stderr and in the server log) a
     chat template other than the one the adapter was trained with.
     """
-    from ftkit.models import load_model
+    from ftkit.data.encoding import has_chat_template
+    from ftkit.models import load_model, load_tokenizer, resolve_source
     from ftkit.training import adapters
 
+    source = resolve_source(base.source)
+    if not has_chat_template(load_tokenizer(source, base)):  # refused before any weight loads
+        raise DeployError(
+            f"the tokenizer of {source} has no chat template; chat and serve need a chat model "
+            "(base models such as GPT-2 or Pythia have none): serve a model trained from an instruct model"
+        )
     loaded = load_model(base)
-    if not getattr(loaded.tokenizer, "chat_template", None):
-        raise DeployError(f"the tokenizer of {loaded.source} has no chat template; chat and serve need a chat model")
     model = loaded.model
     names: dict[str, str | None] = {BASE_NAME: None}
     for target in targets:
