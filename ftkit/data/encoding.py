@@ -114,11 +114,6 @@ def _apply(tokenizer: Any, messages: Sequence[Mapping[str, str]], generation_pro
     a role it lacks) becomes a row error with the template's message instead of a Jinja traceback."""
     from jinja2 import TemplateError
 
-    if not has_chat_template(tokenizer):
-        raise NoChatTemplateError(
-            "model.source: its tokenizer has no chat template, which task chat renders conversations with "
-            "(base models such as GPT-2 or Pythia have none); use an instruct model, or task sentiment or qa"
-        )
     try:
         ids = tokenizer.apply_chat_template(list(messages), tokenize=True, add_generation_prompt=generation_prompt)
     except TemplateError as error:
@@ -158,6 +153,11 @@ def fold_system(messages: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]
 
 def template_turns(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> tuple[list[Mapping[str, str]], bool]:
     """The conversation as the template can take it, and whether its system turn had to be folded."""
+    if not has_chat_template(tokenizer):
+        raise NoChatTemplateError(
+            "model.source: its tokenizer has no chat template, which task chat renders conversations with "
+            "(base models such as GPT-2 or Pythia have none); use an instruct model, or task sentiment or qa"
+        )
     if messages and messages[0]["role"] == "system" and not accepts_system(tokenizer):
         return fold_system(messages), True
     return list(messages), False

@@ -36,15 +36,20 @@ def _percentiles(lengths: list[int]) -> str:
 
 
 def render_example(tokenizer: Any, encoded: Encoded) -> str:
-    """The example's text with its loss-carrying part marked «like this»; the rest carries no loss."""
-    out, trained = [], False
-    for token, label in zip(encoded.input_ids, encoded.labels):
-        now = label != IGNORE_INDEX
-        if now != trained:
-            out.append("«" if now else "»")
-            trained = now
-        out.append(tokenizer.decode([token]))
-    return "".join(out) + ("»" if trained else "")
+    """The example's text with its loss-carrying part marked «like this»; the rest carries no loss.
+
+    Each run of trained or untrained tokens is decoded as a whole: SentencePiece decoders drop a word's
+    leading space when a token is decoded alone, which would glue every word together.
+    """
+    out: list[str] = []
+    start = 0
+    for end in range(1, len(encoded.input_ids) + 1):
+        trained = encoded.labels[start] != IGNORE_INDEX
+        if end == len(encoded.input_ids) or (encoded.labels[end] != IGNORE_INDEX) != trained:
+            text = tokenizer.decode(encoded.input_ids[start:end])
+            out.append(f"«{text}»" if trained else text)
+            start = end
+    return "".join(out)
 
 
 def render_report(recipe: Recipe, result: PreparedData) -> str:

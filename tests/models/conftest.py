@@ -40,9 +40,7 @@ def data_files(family: Family, folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def family_recipe(
-    tmp_path_factory: pytest.TempPathFactory, family_dir: Callable[[str], Path]
-) -> Callable[..., Path]:
+def family_recipe(tmp_path_factory: pytest.TempPathFactory, family_dir: Callable[[str], Path]) -> Callable[..., Path]:
     """A recipe for a family's tiny model: 2 steps of batch 2, its task's data."""
 
     def write(name: str, quantization: str = "none", **sections: dict[str, Any]) -> Path:

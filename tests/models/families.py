@@ -22,8 +22,9 @@ TEMPLATES = REPO.parent / "shared" / "reference" / "chat_templates"
 DATA = REPO / "data"
 # The pre-tokenizer split of Llama 3 and Qwen2/3's tokenizers (their tokenizer.json): runs of newlines are one
 # piece, so "\n\n" before a reply tokenises as it does at the end of a generation prompt.
-SPLIT_LLAMA3 = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+SPLIT_LLAMA3 = "|".join(
+    [r"(?i:'s|'t|'re|'ve|'m|'ll|'d)", r"[^\r\n\p{L}\p{N}]?\p{L}+", r"\p{N}{1,3}", r" ?[^\s\p{L}\p{N}]+[\r\n]*"]
+    + [r"\s*[\r\n]+", r"\s+(?!\S)", r"\s+"]
 )
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
 
@@ -97,7 +98,6 @@ FAMILIES = [
         eos="</s>",
         unk="<unk>",
         template="mistral-7b-instruct-v0.2.jinja",  # v0.3's: see test_mistral_v03_system_turn_is_refused
-
         adds_bos=True,
         config={"num_key_value_heads": 2, "tie_word_embeddings": False},
     ),
