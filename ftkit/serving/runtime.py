@@ -165,11 +165,18 @@ def load(targets: Sequence[Target], base: ModelConfig) -> Deployment:
     names: dict[str, str | None] = {BASE_NAME: None}
     for target in targets:
         if target.adapter is not None:
-            model = adapters.load(model, target.adapter, name=target.name, tokenizer=loaded.tokenizer)
-            names[target.name] = target.name
+            inner = peft_name(target.name)
+            model = adapters.load(model, target.adapter, name=inner, tokenizer=loaded.tokenizer)
+            names[target.name] = inner
     model.eval()
     context = getattr(model.config, "max_position_embeddings", None) or loaded.tokenizer.model_max_length
     return Deployment(model=model, tokenizer=loaded.tokenizer, adapters=names, context=int(context))
+
+
+def peft_name(name: str) -> str:
+    """The adapter's name inside peft, which keeps adapters in module dicts: no dots (a run named
+    `qwen2.5-lora` is served as `qwen2.5-lora`, held by peft as `qwen2_5-lora`)."""
+    return name.replace(".", "_")
 
 
 Role = Literal["system", "user", "assistant"]
