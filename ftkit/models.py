@@ -148,7 +148,10 @@ def meta_model(source: str, cfg: ModelConfig) -> Any:
     """The model built from its config on the meta device: its layers and shapes, no weights read."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise load_error(cfg, source, error) from error
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
 
@@ -196,6 +199,16 @@ def load_tokenizer(source: str, cfg: ModelConfig) -> Any:
             tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def load_error(cfg: ModelConfig, source: str, error: Exception) -> ModelError:
+    """The one-line error for a model that cannot be read (missing files, no network, unknown format)."""
+    hint = (
+        "; it is not a local folder, and hub ids need a network (HF_HUB_OFFLINE is set)"
+        if _offline_hub_id(source)
+        else ""
+    )
+    return ModelError(f"cannot load model '{cfg.source}': {str(error).splitlines()[0]}{hint}")
 
 
 def _offline_hub_id(source: str) -> bool:
@@ -266,12 +279,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
                 device_map=distributed.device_map(),
             )
     except (OSError, ValueError) as error:  # missing files, no network for a hub id, unknown format
-        hint = (
-            "; it is not a local folder, and hub ids need a network (HF_HUB_OFFLINE is set)"
-            if _offline_hub_id(source)
-            else ""
-        )
-        raise ModelError(f"cannot load model '{cfg.source}': {str(error).splitlines()[0]}{hint}") from error
+        raise load_error(cfg, source, error) from error
     # transformers declares a bare nn.Module; a causal LM's input embeddings are an nn.Embedding.
     embeddings = cast(torch.nn.Embedding, model.get_input_embeddings())
     if len(tokenizer) > embeddings.num_embeddings:

@@ -93,8 +93,9 @@ def prepare(recipe: Recipe) -> PreparedData:
     model's layers cannot take is refused here, before anything else loads."""
     source = resolve_source(recipe.model.source)
     task = get_task(recipe.task, recipe.data.max_length)
+    tokenizer = load_tokenizer(source, recipe.model)
     check_quantizable(source, recipe.model)
-    return prepare_splits(recipe, task, load_tokenizer(source, recipe.model), source)
+    return prepare_splits(recipe, task, tokenizer, source)
 
 
 def prepare_splits(recipe: Recipe, task: Task, tokenizer: Any, source: str) -> PreparedData:
