@@ -50,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,7 @@ def heldout_loss(model: Any, recipe: Any, autocast: bool) -> float:
     Each side runs in its own training numerics (TRL under bf16 autocast)."""
     from ftkit.data.prepared import encode_examples
     from ftkit.data.splits import load_split
+    from ftkit.evaluation.inference import input_device
     from ftkit.models import load_tokenizer, resolve_source
     from ftkit.tasks import get_task
     from ftkit.training.trainer import Collator
@@ -183,10 +185,11 @@ def heldout_loss(model: Any, recipe: Any, autocast: bool) -> float:
     examples = load_split(recipe, task, "validation", path=ROOT / "data" / "sentiment" / "validation.jsonl").examples
     rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in encode_examples(task, tokenizer, examples).rows]
     model.eval()
+    device = input_device(model)
     total = count = 0.0
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         for start in range(0, len(rows), 16):
-            batch = Collator(tokenizer.pad_token_id)(rows[start : start + 16])
+            batch = {k: v.to(device) for k, v in Collator(tokenizer.pad_token_id)(rows[start : start + 16]).items()}
             labels = batch.pop("labels")
             keep = (labels[:, 1:] != -100).any(dim=0).nonzero().squeeze(-1)
             logits = model(**batch, logits_to_keep=keep, use_cache=False).logits.float()
@@ -196,7 +199,7 @@ def heldout_loss(model: Any, recipe: Any, autocast: bool) -> float:
     return round(total / count, 4)
 
 
-def run_ftkit(mode: str, steps: int, out: Path, variant: str) -> dict[str, Any]:
+def run_ftkit(mode: str, steps: int, out: Path, variant: str, extra: Sequence[str] = ()) -> dict[str, Any]:
     """The product path of `ftkit train --no-eval`: pre-flight (tokenise once), load, train, save."""
     import ftkit.training.trainer
     from ftkit import runs
@@ -209,7 +212,7 @@ def run_ftkit(mode: str, steps: int, out: Path, variant: str) -> dict[str, Any]:
         ftkit.training.trainer.CompletionLossTrainer.compute_loss = Trainer.compute_loss
     if variant == "ftkit-nosplit":
         ftkit.training.trainer.batch_token_budget = lambda rows, batch_size: None
-    recipe = bench_recipe(mode, steps, out, VARIANTS.get(variant, []))
+    recipe = bench_recipe(mode, steps, out, [*VARIANTS.get(variant, []), *extra])
     prepared = prepare(recipe)
     prepared.raise_if_fatal()
     run = runs.RunDir(recipe.run_dir)
@@ -240,7 +243,7 @@ def trl_quantization(mode: str) -> Any:
     return None
 
 
-def run_trl(mode: str, steps: int, out: Path, variant: str) -> dict[str, Any]:
+def run_trl(mode: str, steps: int, out: Path, variant: str, extra: Sequence[str] = ()) -> dict[str, Any]:
     """SFTTrainer with default SFTConfig, on ftkit's rendered prompt/completion pairs."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -251,7 +254,7 @@ def run_trl(mode: str, steps: int, out: Path, variant: str) -> dict[str, Any]:
     from ftkit.tasks import get_task
     from ftkit.training.adapters import lora_config
 
-    recipe = bench_recipe(mode, steps, out, [])
+    recipe = bench_recipe(mode, steps, out, list(extra))
     task = get_task(recipe.task, recipe.data.max_length)
     examples = load_split(recipe, task, "train").examples
     dataset = Dataset.from_list([{"prompt": e.prompt, "completion": e.completion} for e in examples])

@@ -144,6 +144,39 @@ def quantization_config(cfg: ModelConfig) -> Any:
     return None
 
 
+def meta_model(source: str, cfg: ModelConfig) -> Any:
+    """The model built from its config on the meta device: its layers and shapes, no weights read."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise load_error(cfg, source, error) from error
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+
+
+def check_quantizable(source: str, cfg: ModelConfig) -> None:
+    """Refuse 4-/8-bit for a model whose projections bitsandbytes would leave in full precision.
+
+    bitsandbytes replaces `torch.nn.Linear` layers only. GPT-2 style models project with transformers'
+    `Conv1D`, so a "4-bit" GPT-2 would load with no layer quantized and train in full precision while
+    its recipe, run log and lineage say 4-bit. Found from the config alone, before any weight loads.
+    """
+    if cfg.quantization == "none":
+        return
+    from transformers.pytorch_utils import Conv1D
+
+    model = meta_model(source, cfg)
+    conv = [name for name, module in model.named_modules() if isinstance(module, Conv1D)]
+    if conv:
+        raise ModelError(
+            f"model.quantization: {cfg.quantization} is not possible for this {model.config.model_type} model: "
+            f"its layers are transformers Conv1D (e.g. {conv[0]}), which bitsandbytes does not quantize; "
+            "set model.quantization: none (LoRA on the full-precision base)"
+        )
+
+
 def load_tokenizer(source: str, cfg: ModelConfig) -> Any:
     """The tokenizer, with a pad token distinct from EOS.
 
@@ -166,6 +199,16 @@ def load_tokenizer(source: str, cfg: ModelConfig) -> Any:
             tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def load_error(cfg: ModelConfig, source: str, error: Exception) -> ModelError:
+    """The one-line error for a model that cannot be read (missing files, no network, unknown format)."""
+    hint = (
+        "; it is not a local folder, and hub ids need a network (HF_HUB_OFFLINE is set)"
+        if _offline_hub_id(source)
+        else ""
+    )
+    return ModelError(f"cannot load model '{cfg.source}': {str(error).splitlines()[0]}{hint}")
 
 
 def _offline_hub_id(source: str) -> bool:
@@ -221,6 +264,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     source = resolve_source(cfg.source)
     if cfg.trust_remote_code:
         log.warning("trust_remote_code is on: code from %s will run on this machine", source)
+    check_quantizable(source, cfg)
     quant = quantization_config(cfg)
     try:
         tokenizer = load_tokenizer(source, cfg)
@@ -232,15 +276,10 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
                 quantization_config=quant,
                 trust_remote_code=cfg.trust_remote_code,
                 use_safetensors=True,
-                device_map=distributed.device_map(quant is not None),
+                device_map=distributed.device_map(),
             )
     except (OSError, ValueError) as error:  # missing files, no network for a hub id, unknown format
-        hint = (
-            "; it is not a local folder, and hub ids need a network (HF_HUB_OFFLINE is set)"
-            if _offline_hub_id(source)
-            else ""
-        )
-        raise ModelError(f"cannot load model '{cfg.source}': {str(error).splitlines()[0]}{hint}") from error
+        raise load_error(cfg, source, error) from error
     # transformers declares a bare nn.Module; a causal LM's input embeddings are an nn.Embedding.
     embeddings = cast(torch.nn.Embedding, model.get_input_embeddings())
     if len(tokenizer) > embeddings.num_embeddings:

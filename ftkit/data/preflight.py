@@ -11,8 +11,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ftkit.data.encoding import IGNORE_INDEX, Encoded
+from ftkit.data.encoding import IGNORE_INDEX, Encoded, stop_ids
 from ftkit.data.prepared import PreparedData, prepare
+from ftkit.models import meta_model
 from ftkit.recipe import Recipe, load_recipe
 
 
@@ -35,15 +36,20 @@ def _percentiles(lengths: list[int]) -> str:
 
 
 def render_example(tokenizer: Any, encoded: Encoded) -> str:
-    """The example's text with its loss-carrying part marked «like this»; the rest carries no loss."""
-    out, trained = [], False
-    for token, label in zip(encoded.input_ids, encoded.labels):
-        now = label != IGNORE_INDEX
-        if now != trained:
-            out.append("«" if now else "»")
-            trained = now
-        out.append(tokenizer.decode([token]))
-    return "".join(out) + ("»" if trained else "")
+    """The example's text with its loss-carrying part marked «like this»; the rest carries no loss.
+
+    Each run of trained or untrained tokens is decoded as a whole: SentencePiece decoders drop a word's
+    leading space when a token is decoded alone, which would glue every word together.
+    """
+    out: list[str] = []
+    start = 0
+    for end in range(1, len(encoded.input_ids) + 1):
+        trained = encoded.labels[start] != IGNORE_INDEX
+        if end == len(encoded.input_ids) or (encoded.labels[end] != IGNORE_INDEX) != trained:
+            text = tokenizer.decode(encoded.input_ids[start:end])
+            out.append(f"«{text}»" if trained else text)
+            start = end
+    return "".join(out)
 
 
 def render_report(recipe: Recipe, result: PreparedData) -> str:
@@ -70,12 +76,15 @@ def render_report(recipe: Recipe, result: PreparedData) -> str:
         )
     for name, enc in result.encoded.items():
         lengths = [len(r.input_ids) for r in enc.rows]
-        eos = sum(tokenizer.eos_token_id in r.trained_ids for r in enc.rows)
+        stops = set(stop_ids(tokenizer))
+        eos = sum(bool(stops & set(r.trained_ids)) for r in enc.rows)
         lines.append(
             f"{name}: tokens/example {_percentiles(lengths)}; truncated {enc.truncated} of {len(enc.rows)}; "
             f"trained tokens {enc.trained_tokens} of {enc.tokens} "
-            f"({100 * enc.trained_tokens / max(1, enc.tokens):.1f}%); EOS carries loss in {eos} of {len(enc.rows)}"
+            f"({100 * enc.trained_tokens / max(1, enc.tokens):.1f}%); "
+            f"EOS/end of turn carries loss in {eos} of {len(enc.rows)}"
         )
+        lines += [f"    note: {note} ({n} of {len(enc.rows)} examples)" for note, n in enc.notes.items()]
     lines.append("examples with no trained token: 0 (any would be an error naming its row)")
     for overlap in result.overlaps:
         lines.append(
@@ -105,11 +114,9 @@ def estimate_memory(recipe: Recipe, source: str) -> str:
     gradient). Upper bound on sequence length: data.max_length.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(source, trust_remote_code=recipe.model.trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    model = meta_model(source, recipe.model)
+    config = model.config
     linears = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in name]
     linear_params = sum(m.weight.numel() for m in linears)
     other_params = sum(p.numel() for p in model.parameters()) - linear_params

@@ -10,15 +10,16 @@ reported problems with other toolkits; here they are counted before any weight i
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ftkit.data.encoding import Encoded
+from ftkit.data.encoding import Encoded, say_once, stop_ids
 from ftkit.data.overlap import Overlap, find_overlap
 from ftkit.data.sources import DataError
 from ftkit.data.splits import LoadedSplit, load_split
 from ftkit.errors import FtkitError, RowError
-from ftkit.models import load_tokenizer, resolve_source
+from ftkit.models import check_quantizable, load_tokenizer, resolve_source
 from ftkit.recipe import Recipe
 from ftkit.tasks import Example, Task, get_task
 
@@ -33,6 +34,7 @@ class EncodedSplit:
     truncated: int  # examples whose prompt was cut to fit data.max_length
     tokens: int  # all tokens
     trained_tokens: int  # tokens that carry loss
+    notes: Counter[str]  # what rendering adapted to the template, with how many examples it concerns
 
 
 def encode_examples(task: Task, tokenizer: Any, examples: list[Example], *, skip_bad: bool = False) -> EncodedSplit:
@@ -61,6 +63,7 @@ def encode_examples(task: Task, tokenizer: Any, examples: list[Example], *, skip
         truncated=sum(r.prompt_truncated for r in rows),
         tokens=sum(len(r.input_ids) for r in rows),
         trained_tokens=sum(r.trained_tokens for r in rows),
+        notes=Counter(note for r in rows for note in r.notes),
     )
 
 
@@ -86,10 +89,13 @@ class PreparedData:
 
 
 def prepare(recipe: Recipe) -> PreparedData:
-    """The recipe's task and tokenizer (no model weights), then every check below."""
+    """The recipe's task and tokenizer (no model weights), then every check below; a quantization the
+    model's layers cannot take is refused here, before anything else loads."""
     source = resolve_source(recipe.model.source)
     task = get_task(recipe.task, recipe.data.max_length)
-    return prepare_splits(recipe, task, load_tokenizer(source, recipe.model), source)
+    tokenizer = load_tokenizer(source, recipe.model)
+    check_quantizable(source, recipe.model)
+    return prepare_splits(recipe, task, tokenizer, source)
 
 
 def prepare_splits(recipe: Recipe, task: Task, tokenizer: Any, source: str) -> PreparedData:
@@ -111,6 +117,8 @@ def prepare_splits(recipe: Recipe, task: Task, tokenizer: Any, source: str) -> P
         if name in splits
     ]
     result = PreparedData(task, tokenizer, source, splits, encoded, overlaps)
+    for note in encoded["train"].notes:
+        say_once(note)
     for overlap in overlaps:
         if overlap.exact and not recipe.data.allow_overlap:
             held, seen = overlap.exact[0]
@@ -119,15 +127,12 @@ def prepare_splits(recipe: Recipe, task: Task, tokenizer: Any, source: str) -> P
                 f"(e.g. {held.where} = {seen.where}); "
                 "remove them, or set data.allow_overlap: true to accept inflated held-out numbers"
             )
-    missing_eos = [
-        e
-        for e, r in zip(splits["train"].examples, encoded["train"].rows)
-        if tokenizer.eos_token_id not in r.trained_ids
-    ]
+    stops = set(stop_ids(tokenizer))
+    missing_eos = [e for e, r in zip(splits["train"].examples, encoded["train"].rows) if not stops & set(r.trained_ids)]
     if missing_eos:
         result.fatal.append(
-            f"{len(missing_eos)} training example(s) have no EOS that carries loss (e.g. {missing_eos[0].where}); "
-            "the model would never learn to stop"
+            f"{len(missing_eos)} training example(s) have no EOS or end-of-turn token that carries loss "
+            f"(e.g. {missing_eos[0].where}); the model would never learn to stop"
         )
     return result
 

@@ -12,7 +12,13 @@ from typing import Any
 
 import torch
 
-from ftkit.data.encoding import IGNORE_INDEX, Encoded
+from ftkit.data.encoding import IGNORE_INDEX, Encoded, stop_ids
+
+
+def input_device(model: Any) -> torch.device:
+    """Where a model's inputs go: its input embeddings' device. With a device map, or a quantized base
+    placed on a GPU beside CPU-side extras, the first parameter found is not necessarily there."""
+    return torch.device(model.get_input_embeddings().weight.device)
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -44,7 +50,7 @@ def score_completions(model: Any, pad_id: int, encoded: Sequence[Encoded]) -> li
     (`logits_to_keep`) instead of the whole sequence: the vocabulary projection of a 100-token
     prompt is skipped entirely.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     batch = left_pad([e.input_ids for e in encoded], pad_id, device)
     labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
     for i, e in enumerate(encoded):
@@ -59,12 +65,13 @@ def score_completions(model: Any, pad_id: int, encoded: Sequence[Encoded]) -> li
 
 @torch.inference_mode()
 def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[str]:
-    """Greedy continuation of a batch of tokenised prompts, stopping at EOS; returns the new text.
+    """Greedy continuation of a batch of tokenised prompts, stopping at EOS or the chat template's end of
+    turn; returns the new text.
 
     Left padding with an attention mask and the KV cache of `generate`: one batched decode, and
     the continuation of a prompt does not depend on what else is in its batch.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     batch = left_pad(prompts, tokenizer.pad_token_id, device)
     batch.pop("position_ids")  # generate derives them from the attention mask
     output = model.generate(
@@ -72,7 +79,7 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
         max_new_tokens=max_new_tokens,
         do_sample=False,
         num_beams=1,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stop_ids(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
     )
     new_tokens = output[:, batch["input_ids"].shape[1] :]
@@ -90,7 +97,7 @@ def score_options(
     instead of K, and the LM head sees only the last prompt position and the option tokens.
     Returns scores[prompt][option]. Options must be non-empty (label tokens, usually ending in EOS).
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     k, batch = len(options), left_pad(prompts, pad_id, device)
     first = model(**batch, use_cache=True, logits_to_keep=1)
     first_logprobs = torch.log_softmax(first.logits[:, -1].float(), dim=-1)  # predicts each option's first token

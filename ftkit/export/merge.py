@@ -77,7 +77,8 @@ def dequantized_weight(weight: torch.Tensor, quantized: Any, name: str, loaded_a
     """
     import bitsandbytes.functional as F
 
-    stored = quantized.weight
+    stored, home = quantized.weight, weight.device
+    weight = weight.to(stored.device)  # quantized where bitsandbytes quantized it: its CUDA and CPU kernels differ
     if stored.dtype == torch.int8:  # LLM.int8(): row-wise absmax, quantized from fp16 after loading as `loaded_as`
         codes, scales, _ = F.int8_vectorwise_quant(weight.to(loaded_as).to(torch.float16))
         same = torch.equal(codes, stored.data) and torch.equal(scales, stored.SCB)
@@ -97,7 +98,7 @@ def dequantized_weight(weight: torch.Tensor, quantized: Any, name: str, loaded_a
             f"{name}: re-quantizing the original weight does not reproduce the quantized base's bytes; "
             "the base model differs from the one the adapter was trained on, or bitsandbytes changed its format"
         )
-    return result.to(torch.float32)
+    return result.to(device=home, dtype=torch.float32)
 
 
 def full_precision_base(cfg: ModelConfig, quantized: Any | None) -> tuple[LoadedModel, int]:

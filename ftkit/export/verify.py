@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ftkit.errors import FtkitError
-from ftkit.evaluation.inference import generate_greedy
+from ftkit.evaluation.inference import generate_greedy, input_device
 from ftkit.runs import RunDir
 
 FALLBACK_PROMPTS = (
@@ -62,8 +62,11 @@ def probes(adapter_dir: Path, tokenizer: Any, count: int) -> Probes:
 
 @torch.no_grad()
 def logits_of(model: Any, sequences: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """Each sequence's logits, on the CPU: models compared with each other may sit on different devices
+    (the quantized base on the GPU, the reloaded merged folder on the CPU)."""
     model.eval()
-    return [model(torch.tensor([list(seq)])).logits[0].float() for seq in sequences]
+    device = input_device(model)
+    return [model(torch.tensor([list(seq)], device=device)).logits[0].float().cpu() for seq in sequences]
 
 
 @dataclass

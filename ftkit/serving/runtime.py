@@ -49,21 +49,33 @@ def load(targets: Sequence[Target], base: ModelConfig) -> Deployment:
     Passing the tokenizer to `adapters.load` is what reports (on stderr and in the server log) a
     chat template other than the one the adapter was trained with.
     """
-    from ftkit.models import load_model
+    from ftkit.data.encoding import has_chat_template
+    from ftkit.models import load_model, load_tokenizer, resolve_source
     from ftkit.training import adapters
 
+    source = resolve_source(base.source)
+    if not has_chat_template(load_tokenizer(source, base)):  # refused before any weight loads
+        raise DeployError(
+            f"the tokenizer of {source} has no chat template; chat and serve need a chat model "
+            "(base models such as GPT-2 or Pythia have none): serve a model trained from an instruct model"
+        )
     loaded = load_model(base)
-    if not getattr(loaded.tokenizer, "chat_template", None):
-        raise DeployError(f"the tokenizer of {loaded.source} has no chat template; chat and serve need a chat model")
     model = loaded.model
     names: dict[str, str | None] = {BASE_NAME: None}
     for target in targets:
         if target.adapter is not None:
-            model = adapters.load(model, target.adapter, name=target.name, tokenizer=loaded.tokenizer)
-            names[target.name] = target.name
+            inner = peft_name(target.name)
+            model = adapters.load(model, target.adapter, name=inner, tokenizer=loaded.tokenizer)
+            names[target.name] = inner
     model.eval()
     context = getattr(model.config, "max_position_embeddings", None) or loaded.tokenizer.model_max_length
     return Deployment(model=model, tokenizer=loaded.tokenizer, adapters=names, context=int(context))
+
+
+def peft_name(name: str) -> str:
+    """The adapter's name inside peft, which keeps adapters in module dicts: no dots (a run named
+    `qwen2.5-lora` is served as `qwen2.5-lora`, held by peft as `qwen2_5-lora`)."""
+    return name.replace(".", "_")
 
 
 Role = Literal["system", "user", "assistant"]

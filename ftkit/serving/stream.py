@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import torch
 
+from ftkit.evaluation.inference import input_device
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -73,7 +75,7 @@ class ReplyStream:
     def _generate(self, streamer: Any) -> None:
         from transformers import StoppingCriteriaList
 
-        device = next(self.model.parameters()).device
+        device = input_device(self.model)
         s = self.sampling
         sampled = s.temperature > 0
         if s.seed is not None:
@@ -141,11 +143,14 @@ class ReplyStream:
 
 
 def eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Every token that ends a reply: the tokenizer's EOS and the model's generation config's
-    (chat models often end a turn with a token other than the end of text)."""
+    """Every token that ends a reply: the tokenizer's EOS, the chat template's end-of-turn token
+    (`encoding.stop_ids`) and the model's generation config's (chat models often end a turn with a
+    token other than the end of text, and not every checkpoint's generation config lists it)."""
+    from ftkit.data.encoding import stop_ids
+
     configured = getattr(model.generation_config, "eos_token_id", None)
     extra = configured if isinstance(configured, list) else [configured]
-    return list(dict.fromkeys(i for i in [tokenizer.eos_token_id, *extra] if i is not None))
+    return list(dict.fromkeys(i for i in [*stop_ids(tokenizer), *extra] if i is not None))
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:

@@ -1,7 +1,9 @@
 """Chat (customer service): multi-turn conversations rendered with the tokenizer's chat template.
 
-Loss falls on every assistant turn, and only there; the spans come from the template itself
-(`ftkit.data.encoding.assistant_spans`). Prediction generates the final assistant turn from the
+Loss falls on every assistant turn (its reply and end-of-turn token), and only there; the spans come
+from the template itself (`ftkit.data.encoding.assistant_spans`, which also folds a system turn into the
+first user turn for templates without a system role, and trains only the final turn where a template
+rewrites earlier ones). Prediction generates the final assistant turn from the
 conversation before it; metrics are ROUGE-L and chrF against the reference reply and the
 perplexity of the reference reply.
 """
@@ -107,12 +109,12 @@ class Chat(Task):
 
     def encode(self, example: Example, tokenizer: Any) -> Encoded:
         """Labels on every assistant span; an over-long conversation loses its oldest tokens."""
-        ids, spans = assistant_spans(tokenizer, _messages(example))
-        labels = [IGNORE_INDEX] * len(ids)
-        for start, end in spans:
+        rendered = assistant_spans(tokenizer, _messages(example))
+        ids, labels = rendered.ids, [IGNORE_INDEX] * len(rendered.ids)
+        for start, end in rendered.spans:
             labels[start:end] = ids[start:end]
         cut = max(0, len(ids) - self.max_length)
-        return Encoded(input_ids=ids[cut:], labels=labels[cut:], prompt_truncated=cut > 0)
+        return Encoded(input_ids=ids[cut:], labels=labels[cut:], prompt_truncated=cut > 0, notes=rendered.notes)
 
     def predict(
         self, model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int, progress: Progress
@@ -123,8 +125,8 @@ class Chat(Task):
         for batch in batches(examples, batch_size):
             contexts, references = [], []
             for example in batch:
-                ids, spans = assistant_spans(tokenizer, _messages(example))
-                start, end = spans[-1]
+                rendered = assistant_spans(tokenizer, _messages(example))
+                ids, (start, end) = rendered.ids, rendered.spans[-1]
                 context, reply_ids = ids[:start][-budget:], ids[start:end]
                 contexts.append(context)
                 references.append(Encoded(context + reply_ids, [IGNORE_INDEX] * len(context) + reply_ids, False))

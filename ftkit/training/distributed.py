@@ -159,12 +159,12 @@ def shards_parameters() -> bool:
     return _flag("ACCELERATE_USE_FSDP") or zero3
 
 
-def device_map(quantized: bool) -> dict[str, int] | None:
-    """Where a bitsandbytes base is loaded: this process's own GPU (under DDP each process has one);
-    nowhere when parameters are sharded, since FSDP/DeepSpeed place the shards."""
-    import torch
-
-    if not quantized or not torch.cuda.is_available() or shards_parameters():
+def device_map() -> dict[str, int] | None:
+    """Where a base is loaded: this process's own GPU (under DDP each process has one), quantized or not,
+    so that evaluation, merge, chat and serve run there too and not only the Trainer (which would move an
+    unquantized model itself, but nothing else does); nowhere on CPU, and nowhere when parameters are
+    sharded, since FSDP/DeepSpeed place the shards."""
+    if use_cpu() or shards_parameters():
         return None
     return {"": local_rank()}
 

@@ -102,7 +102,7 @@ def test_data_report_shows_lengths_masking_and_memory(write_recipe, capsys) -> N
         "train",
         "label balance (train): negative",
         "tokens/example p50",
-        "EOS carries loss in 32 of 32",
+        "EOS/end of turn carries loss in 32 of 32",
         "overlap train vs test: 0 exact",
         "peak memory estimate: ~",
         "GB",

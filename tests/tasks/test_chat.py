@@ -42,7 +42,7 @@ def test_labels_cover_exactly_the_assistant_turns(chat, tokenizer) -> None:
         trained_runs.append(current)
     decoded = [tokenizer.decode(run) for run in trained_runs]
     end = tokenizer.eos_token  # <|im_end|>: ends every assistant turn and carries loss
-    assert decoded == [f"{CONVERSATION[2]['content']}{end}\n", f"{CONVERSATION[4]['content']}{end}\n"]
+    assert decoded == [f"{CONVERSATION[2]['content']}{end}", f"{CONVERSATION[4]['content']}{end}"]
     untrained = tokenizer.decode([t for t, label in zip(encoded.input_ids, encoded.labels) if label == IGNORE_INDEX])
     assert "My order NW-123456 is late." in untrained and "refund instead" in untrained
     assert "<|im_start|>assistant\n" in untrained, "the role header is context, not a target"
