@@ -16,10 +16,11 @@ from ftkit.data.encoding import truncate_middle
 from ftkit.errors import RowError
 from ftkit.evaluation.inference import score_options
 from ftkit.evaluation.metrics import compute, per_example
-from ftkit.tasks.base import Example, Progress, Task, TaskOptions, batches, register, render
+from ftkit.tasks.base import Example, Progress, Task, TaskOptions, batches, register, render, slots
 
 
 class SentimentOptions(TaskOptions):
+    templates = {"prompt_template": slots("text")}
     name: Literal["sentiment"]
     labels: list[str] | None = Field(
         default=["negative", "positive"],
@@ -28,7 +29,7 @@ class SentimentOptions(TaskOptions):
     )
     prompt_template: str = Field(
         default="Review: {text}\nSentiment:",
-        description="Python format string over the row's columns; the label word follows it after a space.",
+        description="{text} marks where the review goes; the label word follows the prompt after a space.",
     )
 
     @field_validator("labels")
