@@ -26,7 +26,7 @@ def problem(path: Path, *, allow_directory: bool = False) -> str | None:
     except FileNotFoundError:
         if os.path.islink(path):
             return f"{path} is a broken symlink (it points to {os.readlink(path)}, which does not exist)"
-        return f"file not found: {path}"
+        return f"no such file or folder: {path}" if allow_directory else f"file not found: {path}"
     except OSError as error:
         if error.errno == errno.ELOOP:
             return f"{path} is a symlink loop (its links lead back to themselves); point to the real file"

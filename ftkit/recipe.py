@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
-from ftkit import paths
+from ftkit import model_sources, paths
 from ftkit.errors import FtkitError
 from ftkit.tasks import TaskSection, task_names
 
@@ -81,17 +81,11 @@ class ModelConfig(Section):
 
     @field_validator("source")
     @classmethod
-    def _local_sources_exist(cls, source: str, info: ValidationInfo) -> str:
-        """Paths become absolute; anything that is not a path is a hub id (only usable online)."""
-        if source == "default":
-            return source
+    def _source_is_a_model(cls, source: str, info: ValidationInfo) -> str:
+        """Paths become absolute and must be a model folder or a GGUF file; hub ids must be well-formed,
+        and cached when offline (`ftkit.model_sources`; no weights are read)."""
         base = Path((info.context or {}).get("base_dir", "."))
-        candidate = (base / Path(source).expanduser()).resolve()
-        if candidate.exists():
-            return str(candidate)
-        if source.endswith(".gguf") or source.startswith((".", "/", "~")):
-            raise ValueError(f"no such file or folder: {candidate}")
-        return source
+        return model_sources.check_source(source, base)
 
 
 class AdapterConfig(Section):

@@ -461,8 +461,9 @@ def test_model_source_that_looks_like_a_missing_path(folder: Path, source: str) 
 
 
 @pytest.mark.parametrize("hub_id", ["HuggingFaceTB/SmolLM2-135M-Instruct", "no-such-org-ftkit/no-such-model-ftkit"])
-def test_model_source_hub_id_kept_as_is(folder: Path, hub_id: str) -> None:
-    # The second id does not exist on the hub: validation must not look it up.
+def test_model_source_hub_id_kept_as_is(folder: Path, hub_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The second id does not exist on the hub: validation must not look it up (online, no cache needed).
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     path = write(folder, BASE + f"model:\n  source: {hub_id}\n")
     assert load_recipe(path).model.source == hub_id
 
@@ -475,6 +476,8 @@ def test_model_source_default(folder: Path) -> None:
 
 def test_model_source_local_paths_become_absolute(folder: Path) -> None:
     (folder / "models" / "mine").mkdir(parents=True)
+    (folder / "models" / "mine" / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "models" / "mine" / "model.safetensors").write_bytes(b"")
     (folder / "weights.gguf").write_bytes(b"GGUF")
     recipe = load_recipe(write(folder, BASE + "model:\n  source: models/mine\n"))
     assert recipe.model.source == str((folder / "models" / "mine").resolve())

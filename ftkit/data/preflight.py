@@ -13,6 +13,7 @@ from typing import Any
 
 from ftkit.data.encoding import IGNORE_INDEX, Encoded
 from ftkit.data.prepared import PreparedData, prepare
+from ftkit.models import loading
 from ftkit.recipe import Recipe, load_recipe
 
 
@@ -107,8 +108,8 @@ def estimate_memory(recipe: Recipe, source: str) -> str:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(source, trust_remote_code=recipe.model.trust_remote_code)
-    with torch.device("meta"):
+    with loading(recipe.model.source), torch.device("meta"):
+        config = AutoConfig.from_pretrained(source, trust_remote_code=recipe.model.trust_remote_code)
         model = AutoModelForCausalLM.from_config(config)
     linears = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in name]
     linear_params = sum(m.weight.numel() for m in linears)
