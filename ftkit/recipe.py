@@ -203,7 +203,10 @@ class EvalConfig(Section):
     split: Literal["test", "validation"] = "test"
     metrics: list[str] | None = Field(default=None, description="default: all of the task's metrics")
     batch_size: int = Field(default=16, ge=1)
-    max_examples: int | None = Field(default=None, ge=1)
+    max_examples: int | None = Field(
+        default=None, ge=1, description="evaluate a seeded sample of this many rows (stratified by label)"
+    )
+    seed: int = Field(default=0, description="which rows the max_examples sample draws")
     bootstrap: int = Field(default=1000, ge=100, description="resamples for confidence intervals")
 
 

@@ -173,6 +173,19 @@ class Task(ABC):
             raise TypeError(f"task '{self.name}': per_example gives no '{self.metrics[0]}'; override example_scores")
         return values[self.metrics[0]]
 
+    # --- what evaluation feeds the model ----------------------------------------------------------
+
+    eval_cut: ClassVar[str] = "the middle of the prompt"  # what `predict` drops from an input over budget
+
+    def eval_prompt_ids(self, example: Example, tokenizer: Any) -> list[int]:
+        """The token ids `predict` feeds for this example before cutting it to `eval_budget`."""
+        return list(tokenizer(example.prompt)["input_ids"])
+
+    def eval_budget(self, tokenizer: Any) -> int:
+        """How many prompt tokens `predict` keeps: data.max_length less what the answer needs.
+        Evaluation counts the examples over it (they lose `eval_cut`) and reports them."""
+        return self.max_length - getattr(self.options, "max_new_tokens", 0)
+
     def generate(
         self,
         model: Any,
@@ -187,7 +200,7 @@ class Task(ABC):
         budget = self.max_length - max_new_tokens
         replies: list[str] = []
         for batch in batches(examples, batch_size):
-            prompts = [truncate_middle(tokenizer(e.prompt)["input_ids"], budget) for e in batch]
+            prompts = [truncate_middle(self.eval_prompt_ids(e, tokenizer), budget) for e in batch]
             replies += generate_greedy(model, tokenizer, prompts, max_new_tokens)
             progress(len(batch))
         return replies
