@@ -14,7 +14,6 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ftkit.cli import main
 from ftkit.evaluation import evaluator, sample
 from ftkit.tasks import Example, get_task
 from ftkit.tasks.qa import QAOptions
