@@ -213,6 +213,15 @@ def write_reports(report: EvalReport, folder: Path, *, train_log: Path | None = 
     """metrics.json, predictions.jsonl, report.md and the plots, each written atomically."""
     out = runs.RunDir(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    then = "the reports written before are intact; free space, then evaluate again (ftkit eval RECIPE --adapter ...)"
+    with runs.disk_guard(folder, REPORT_BYTES, then):
+        return _write_all(report, out, train_log)
+
+
+REPORT_BYTES = 2 * 1024 * 1024  # metrics.json, predictions.jsonl, report.md and a few PNGs: an upper guess
+
+
+def _write_all(report: EvalReport, out: runs.RunDir, train_log: Path | None) -> list[Path]:
     summary = to_json(report)
     images = write_plots(report, summary, out, train_log)
     runs.write_json(out.metrics, summary)
