@@ -107,7 +107,7 @@ def base_config(adapter_dir: Path) -> ModelConfig:
     """
     lineage = read(adapter_dir)
     if "model" in lineage:
-        return ModelConfig.model_validate(lineage["model"])
+        return _model_section(lineage["model"], adapter_dir, adapter_dir / MANIFEST)
     beside = RunDir(adapter_dir.parent).recipe
     if beside.is_file():
         return recipe_model(beside)
@@ -117,21 +117,29 @@ def base_config(adapter_dir: Path) -> ModelConfig:
         raise LineageError(
             f"{adapter_dir}: no manifest lineage and no base_model_name_or_path; cannot tell its base model"
         )
-    return ModelConfig.model_validate({"source": source, "quantization": "none"}, context={"base_dir": adapter_dir})
+    return _model_section({"source": source, "quantization": "none"}, adapter_dir, config)
+
+
+def _model_section(raw: Any, base_dir: Path, where: Path) -> ModelConfig:
+    """A recorded `model` section, validated as a recipe's is (the base may have moved, or be an uncached hub
+    id offline): a `LineageError` naming the file it came from and the key, not a pydantic traceback."""
+    from pydantic import ValidationError
+
+    try:
+        return ModelConfig.model_validate(raw, context={"base_dir": base_dir})
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(["model", *map(str, first["loc"])])
+        raise LineageError(f"{where}: {key}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def recipe_model(recipe_path: Path) -> ModelConfig:
     """A run's `model` section, read on its own: the recipe's data files may be gone where the adapter is used."""
     import yaml
-    from pydantic import ValidationError
 
     try:
         raw = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) or {}
-        return ModelConfig.model_validate(raw.get("model") or {}, context={"base_dir": recipe_path.parent})
-    except ValidationError as error:
-        first = error.errors()[0]
-        key = ".".join(["model", *map(str, first["loc"])])
-        raise LineageError(f"{recipe_path}: {key}: {first['msg'].removeprefix('Value error, ')}") from None
+        return _model_section(raw.get("model") or {}, recipe_path.parent, recipe_path)
     except (yaml.YAMLError, AttributeError, UnicodeDecodeError) as error:
         problem = str(error).splitlines()[0]
         raise LineageError(

@@ -38,6 +38,59 @@ class ModelError(FtkitError):
     """A model that cannot be found, converted or loaded."""
 
 
+# Exception class names of the libraries that load a model, and what each means to a user. Matched by
+# name along the class's MRO, so that none of those libraries has to be imported to recognise its errors.
+_CAUSES = {
+    "GatedRepoError": "the repository is gated: accept its terms on the hub, then log in (hf auth login)",
+    "RepositoryNotFoundError": "no such repository on the hub (or it is private: log in with hf auth login)",
+    "RevisionNotFoundError": "model.revision does not exist in that repository",
+    "LocalEntryNotFoundError": "not in the local cache, and the hub cannot be reached (HF_HUB_OFFLINE?)",
+    "EntryNotFoundError": "a file the model needs is missing from the repository",
+    "OfflineModeIsEnabled": "not in the local cache and HF_HUB_OFFLINE is set",
+    "SafetensorError": "a weights file is corrupt or truncated (safetensors cannot read it)",
+    "HeaderTooLarge": "a weights file is corrupt (its safetensors header is damaged)",
+    "OutOfMemoryError": "out of memory",
+}
+
+
+def describe_load_error(error: BaseException) -> str:
+    """The cause of a loading failure in words: what kind of problem it is, then the library's own first line."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    names = [cls.__name__ for cls in type(error).__mro__]
+    cause = next((_CAUSES[name] for name in names if name in _CAUSES), None)
+    if (
+        cause is None
+        and isinstance(error, (ValueError, KeyError))
+        and ("model type" in first or "architecture" in first or "Unrecognized" in first)
+    ):
+        cause = "unsupported architecture (this transformers version does not know it)"
+    if cause is None and isinstance(error, MemoryError):
+        cause = "out of memory"
+    if (
+        cause is None
+        and isinstance(error, OSError)
+        and ("does not appear to have" in first or "no file named" in first)
+    ):
+        cause = "not a model: a file transformers needs is missing"
+    if cause is None and isinstance(error, ImportError):
+        cause = "a library the model needs is missing"
+    return f"{cause} ({type(error).__name__}: {first})" if cause else f"{type(error).__name__}: {first}"
+
+
+@contextmanager
+def loading(source: str, memory_hint: str = "") -> Iterator[None]:
+    """Turn any exception while reading a model (transformers, huggingface_hub, safetensors, gguf,
+    bitsandbytes) into one `ModelError` naming model.source and the cause; ftkit's own errors pass."""
+    try:
+        yield
+    except FtkitError:
+        raise
+    except Exception as error:  # noqa: BLE001 - every library raises its own types; the cause is kept
+        cause = describe_load_error(error)
+        hint = f"; {memory_hint}" if memory_hint and "out of memory" in cause else ""
+        raise ModelError(f"model.source '{source}': cannot load it: {cause}{hint}") from error
+
+
 def ftkit_home() -> Path:
     return Path(os.environ.get("FTKIT_HOME", Path.home() / ".cache" / "ftkit")).expanduser()
 
@@ -70,11 +123,9 @@ def convert_gguf(gguf: Path) -> Path:
     if (target / "config.json").is_file():
         return target
     log.info("converting %s to %s (once)", gguf.name, target)
-    try:
+    with loading(str(gguf)):
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    except Exception as error:  # transformers raises many types for unsupported GGUF files
-        raise ModelError(f"cannot read GGUF file {gguf}: {error}") from error
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -148,10 +199,8 @@ def meta_model(source: str, cfg: ModelConfig) -> Any:
     """The model built from its config on the meta device: its layers and shapes, no weights read."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    try:
+    with loading(cfg.source):
         config = AutoConfig.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise load_error(cfg, source, error) from error
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
 
@@ -186,7 +235,10 @@ def load_tokenizer(source: str, cfg: ModelConfig) -> Any:
     """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    with loading(cfg.source):
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
     if tokenizer.eos_token_id is None:
         raise ModelError(f"the tokenizer of {source} has no EOS token; ftkit needs one to teach the model to stop")
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
@@ -199,20 +251,6 @@ def load_tokenizer(source: str, cfg: ModelConfig) -> Any:
             tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
     tokenizer.padding_side = "right"
     return tokenizer
-
-
-def load_error(cfg: ModelConfig, source: str, error: Exception) -> ModelError:
-    """The one-line error for a model that cannot be read (missing files, no network, unknown format)."""
-    hint = (
-        "; it is not a local folder, and hub ids need a network (HF_HUB_OFFLINE is set)"
-        if _offline_hub_id(source)
-        else ""
-    )
-    return ModelError(f"cannot load model '{cfg.source}': {str(error).splitlines()[0]}{hint}")
-
-
-def _offline_hub_id(source: str) -> bool:
-    return not Path(source).exists() and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
 
 
 @dataclass
@@ -257,6 +295,19 @@ def _glibc() -> Any:
         return None
 
 
+def _memory_hint(source: str, cfg: ModelConfig) -> str:
+    """What loading needs, from the size of the weights on disk (local folders; hub ids say less)."""
+    files = list(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
+    if not files:
+        return "try model.quantization: 4bit, or a smaller model"
+    on_disk = sum(f.stat().st_size for f in files) / 1024**3
+    share = {"4bit": 0.3, "8bit": 0.55, "none": 1.0}[cfg.quantization]  # vs the fp16/bf16/fp32 file
+    return (
+        f"the weights are {on_disk:.2f} GB on disk, about {on_disk * share:.2f} GB loaded as {cfg.quantization} "
+        "plus activations; try model.quantization: 4bit, or a smaller model"
+    )
+
+
 def load_model(cfg: ModelConfig) -> LoadedModel:
     """Load the base model as the recipe asks (quantized or not), with its tokenizer."""
     from transformers import AutoModelForCausalLM
@@ -266,20 +317,17 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         log.warning("trust_remote_code is on: code from %s will run on this machine", source)
     check_quantizable(source, cfg)
     quant = quantization_config(cfg)
-    try:
-        tokenizer = load_tokenizer(source, cfg)
-        with _heap_returned_after_loading():
-            model = AutoModelForCausalLM.from_pretrained(
-                source,
-                revision=cfg.revision,
-                dtype=compute_dtype(cfg.compute_dtype),
-                quantization_config=quant,
-                trust_remote_code=cfg.trust_remote_code,
-                use_safetensors=True,
-                device_map=distributed.device_map(),
-            )
-    except (OSError, ValueError) as error:  # missing files, no network for a hub id, unknown format
-        raise load_error(cfg, source, error) from error
+    tokenizer = load_tokenizer(source, cfg)
+    with loading(cfg.source, _memory_hint(source, cfg)), _heap_returned_after_loading():
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            revision=cfg.revision,
+            dtype=compute_dtype(cfg.compute_dtype),
+            quantization_config=quant,
+            trust_remote_code=cfg.trust_remote_code,
+            use_safetensors=True,
+            device_map=distributed.device_map(),
+        )
     # transformers declares a bare nn.Module; a causal LM's input embeddings are an nn.Embedding.
     embeddings = cast(torch.nn.Embedding, model.get_input_embeddings())
     if len(tokenizer) > embeddings.num_embeddings:

@@ -8,6 +8,7 @@ probably meant, so a user fixes a recipe in one pass instead of one traceback at
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from ftkit import model_sources, paths
 from ftkit.errors import FtkitError
 from ftkit.tasks import TaskSection, task_names
 
@@ -55,10 +57,12 @@ def _resolve_source(value: Any, info: ValidationInfo) -> Any:
 
 
 def _existing(base: Path, path: str) -> Path:
-    resolved = (base / Path(path).expanduser()).resolve()
-    if not resolved.is_file():
-        raise ValueError(f"file not found: {resolved} (paths are relative to the recipe's folder {base.resolve()})")
-    return resolved
+    """The absolute path of a data file, or a ValueError saying what is there instead (see `ftkit.paths`)."""
+    candidate = paths.absolute(base, path)
+    found = paths.problem(candidate)
+    if found is not None:
+        raise ValueError(f"{found} (paths are relative to the recipe's folder {base})")
+    return Path(os.path.realpath(candidate))
 
 
 class ModelConfig(Section):
@@ -77,17 +81,11 @@ class ModelConfig(Section):
 
     @field_validator("source")
     @classmethod
-    def _local_sources_exist(cls, source: str, info: ValidationInfo) -> str:
-        """Paths become absolute; anything that is not a path is a hub id (only usable online)."""
-        if source == "default":
-            return source
+    def _source_is_a_model(cls, source: str, info: ValidationInfo) -> str:
+        """Paths become absolute and must be a model folder or a GGUF file; hub ids must be well-formed,
+        and cached when offline (`ftkit.model_sources`; no weights are read)."""
         base = Path((info.context or {}).get("base_dir", "."))
-        candidate = (base / Path(source).expanduser()).resolve()
-        if candidate.exists():
-            return str(candidate)
-        if source.endswith(".gguf") or source.startswith((".", "/", "~")):
-            raise ValueError(f"no such file or folder: {candidate}")
-        return source
+        return model_sources.check_source(source, base)
 
 
 class AdapterConfig(Section):
@@ -205,7 +203,10 @@ class EvalConfig(Section):
     split: Literal["test", "validation"] = "test"
     metrics: list[str] | None = Field(default=None, description="default: all of the task's metrics")
     batch_size: int = Field(default=16, ge=1)
-    max_examples: int | None = Field(default=None, ge=1)
+    max_examples: int | None = Field(
+        default=None, ge=1, description="evaluate a seeded sample of this many rows (stratified by label)"
+    )
+    seed: int = Field(default=0, description="which rows the max_examples sample draws")
     bootstrap: int = Field(default=1000, ge=100, description="resamples for confidence intervals")
 
 
@@ -263,21 +264,43 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
             origins[keys] = f"override '{override}'"
     raw.setdefault("name", path.stem)
     try:
-        return Recipe.model_validate(raw, context={"base_dir": path.parent.resolve()})
+        return Recipe.model_validate(raw, context={"base_dir": Path(os.path.realpath(path.parent))})
     except ValidationError as error:
         raise RecipeError([_describe(problem, str(path), origins) for problem in error.errors()]) from None
 
 
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of settings; a megabyte is a mistake (a data file?)
+MAX_DEPTH = 32  # sections nest two or three levels; deeper is not a recipe, and the parser recurses
+MAX_NODES = 100_000  # YAML aliases can expand a small file into billions of values ("billion laughs")
+
+
 def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
-    """The YAML mapping and, for each dotted key path, the line it is on."""
-    if not path.is_file():
-        raise RecipeError([f"{path}: recipe file not found"])
+    """The YAML mapping and, for each dotted key path, the line it is on.
+
+    The text is bounded in size before it is parsed, and the parsed tree in depth and size before it
+    is built into Python objects; a duplicated key is an error naming both lines (YAML libraries
+    silently keep the last one, so `learning_rate` written twice would train with whichever came last).
+    """
+    unusable = paths.problem(path)
+    if unusable is not None:
+        raise RecipeError([f"{path}: recipe file not found" if unusable.startswith("file not found") else unusable])
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeError(
+            [
+                f"{path}: {size} bytes is too large for a recipe (at most {MAX_RECIPE_BYTES}); "
+                "is it a data file? name data files under data:"
+            ]
+        )
     try:
         text = path.read_text(encoding="utf-8")
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_tree(node, path)
         raw = yaml.safe_load(text)
     except UnicodeDecodeError:
         raise RecipeError([f"{path}: not a UTF-8 text file; a recipe is YAML text"]) from None
+    except RecursionError:
+        raise RecipeError([f"{path}: nested too deeply to parse (a recipe nests at most {MAX_DEPTH} levels)"]) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -288,6 +311,36 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     lines: dict[tuple[str, ...], int] = {}
     _collect_lines(node, (), lines)
     return raw, lines
+
+
+def _check_tree(root: yaml.Node | None, path: Path) -> None:
+    """Refuse duplicate keys (naming both lines), nesting deeper than MAX_DEPTH, and alias expansion past MAX_NODES.
+
+    Walked with an explicit stack, so a deep tree cannot exhaust Python's recursion limit here.
+    """
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)] if root is not None else []
+    visited = 0
+    while stack:
+        node, depth = stack.pop()
+        visited += 1
+        if visited > MAX_NODES:
+            raise RecipeError([f"{path}: expands to more than {MAX_NODES} values (YAML aliases?); a recipe is small"])
+        if depth > MAX_DEPTH:
+            raise RecipeError(
+                [f"{path}:{node.start_mark.line + 1}: nested more than {MAX_DEPTH} levels deep; a recipe nests a few"]
+            )
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in node.value:
+                name, line = str(key.value), key.start_mark.line + 1
+                if isinstance(key, yaml.ScalarNode) and name in seen and key.tag != "tag:yaml.org,2002:merge":
+                    raise RecipeError(
+                        [f"{path}:{line}: duplicate key '{name}' (first on line {seen[name]}); keep one of them"]
+                    )
+                seen.setdefault(name, line)
+                stack += [(key, depth + 1), (value, depth + 1)]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += [(item, depth + 1) for item in node.value]
 
 
 def _collect_lines(node: yaml.Node | None, prefix: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> None:

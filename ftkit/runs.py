@@ -21,13 +21,14 @@ half-written file or folder that looks complete.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,70 @@ from ftkit.errors import FtkitError
 
 class RunError(FtkitError):
     """A run directory that cannot be created, resumed or locked."""
+
+
+class DiskFullError(RunError):
+    """A write that ran out of disk space; what was complete before it is intact."""
+
+
+FULL_BELOW = 1 << 20  # a filesystem with less than 1 MiB free after a failed write is taken to be full
+MB = 1024 * 1024
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the filesystem that holds `path` (or its nearest existing parent)."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+_FULL_WORDS = ("No space left on device", "os error 28", "Disk quota exceeded")
+
+
+def _enospc(error: BaseException | None) -> bool:
+    """ENOSPC anywhere in the chain: libraries wrap it (peft, transformers re-raise it as their own; the Rust
+    tokenizers and safetensors raise a bare `Exception("No space left on device (os error 28)")`)."""
+    seen = 0
+    while error is not None and seen < 20:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(words in str(error) for words in _FULL_WORDS):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+def size_of(path: Path) -> int:
+    """Bytes under `path` (a file or a folder); 0 when it does not exist."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+@contextmanager
+def disk_guard(path: Path, needed: int | Callable[[], int], then: str | Callable[[], str]) -> Iterator[None]:
+    """Turn a failed write under `path` into one `DiskFullError` when the disk is full.
+
+    Recognised by the exception (ENOSPC in its chain) and by the disk itself (under `FULL_BELOW` free
+    after the failure), because libraries do not always say ENOSPC: `torch.save` raises
+    `RuntimeError: [enforce fail at inline_container.cc] unexpected pos`. Any other failure passes
+    unchanged. `needed` is a best estimate of the bytes the write takes; `then` says how to continue
+    (either may be a function, asked after the failure, when what survived is known).
+    """
+    try:
+        yield
+    except FtkitError:
+        raise
+    except Exception as error:
+        free = free_bytes(path)
+        if not (_enospc(error) or free < FULL_BELOW):
+            raise
+        need = needed() if callable(needed) else needed
+        raise DiskFullError(
+            f"the disk is full: writing {path} needs about {max(need, MB) / MB:.1f} MB free, "
+            f"{free / MB:.1f} MB are free there ({type(error).__name__}); {then() if callable(then) else then}"
+        ) from error
 
 
 class _Entry:
@@ -81,6 +146,13 @@ class RunDir:
         """The newest complete Trainer checkpoint (Trainer writes `trainer_state.json` last)."""
         done = [p for p in self.checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
         return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+    def drop_incomplete_checkpoints(self) -> None:
+        """Remove checkpoint folders a failed save left half-written (no `trainer_state.json`): they free the
+        space the next save needs, and a resume must not find them."""
+        for partial in self.checkpoints.glob("checkpoint-*"):
+            if not (partial / "trainer_state.json").is_file():
+                shutil.rmtree(partial, ignore_errors=True)
 
 
 ADAPTER_CONFIG = "adapter_config.json"  # peft's file: its presence makes a folder an adapter folder

@@ -8,6 +8,7 @@ per category so the whole file stays within a few minutes on 2 cores.
 from __future__ import annotations
 
 import json
+import os
 import string
 from pathlib import Path
 
@@ -184,3 +185,110 @@ def test_train_on_bad_data_fails_before_creating_a_run_directory(
     (folder / "r.yaml").write_text(yaml.safe_dump(recipe))
     if _check_cli(["train", str(folder / "r.yaml"), "--no-eval"], capsys) == 2:
         assert not (folder / "run").exists()
+
+
+# --- wave two: model sources, templates, file kinds, YAML shapes --------------------------------------------
+
+
+def _kind(folder: Path, kind: str) -> Path:
+    """A real filesystem object of each kind a user might point a recipe at by mistake."""
+    target = folder / f"obj-{kind}"
+    if kind == "directory":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "loop":
+        target.symlink_to(target)
+    elif kind == "broken":
+        target.symlink_to(folder / "gone")
+    elif kind == "device":
+        return Path("/dev/null")
+    elif kind == "text":
+        target.write_text("hello")
+    elif kind == "fake-gguf":
+        target = target.with_suffix(".gguf")
+        target.write_bytes(b"GGUX" + bytes(20))
+    elif kind == "config-only":
+        target.mkdir()
+        (target / "config.json").write_text('{"model_type": "llama"}')
+    elif kind == "bad-config":
+        target.mkdir()
+        (target / "config.json").write_text("{")
+    return target
+
+
+FILE_KINDS = ["directory", "fifo", "loop", "broken", "device", "text", "fake-gguf", "config-only", "bad-config"]
+hub_ids = st.from_regex(r"\A[A-Za-z0-9._-]{0,12}(/[A-Za-z0-9._ -]{0,12}){0,2}\Z", fullmatch=True)
+source_texts = st.one_of(
+    hub_ids, st.text(max_size=30), st.sampled_from(["default", "./x", "~/x", "/", ".gguf", "a.gguf"])
+)
+
+
+@cases(150)
+@given(source=source_texts, kind=st.none() | st.sampled_from(FILE_KINDS))
+def test_model_sources_validate_or_fail_in_one_line(source, kind, tmp_path_factory, capsys, data_file) -> None:
+    folder = tmp_path_factory.mktemp("src")
+    chosen = str(_kind(folder, kind)) if kind else source
+    recipe = {"model": {"source": chosen}, "task": {"name": "sentiment"}, "data": {"train": str(data_file)}}
+    (folder / "r.yaml").write_text(yaml.safe_dump(recipe | {"eval": {"split": "test"}}))
+    code = _check_cli(["validate", str(folder / "r.yaml")], capsys)
+    if kind:
+        assert code == 2, f"a {kind} is not a model source"
+
+
+template_texts = st.text(alphabet="{}!:.[]0 rsatext_field_listcontquion\n", max_size=40) | st.sampled_from(
+    ["{text}", "{text!r}", "{text.__class__}", "{text[0]}", "{text:>9}", "{{text}}", "{", "}", "{}"]
+)
+
+
+@cases(400)
+@given(task=st.sampled_from(["sentiment", "qa", "extract"]), template=template_texts)
+def test_templates_validate_or_fail_in_one_line_and_render_plainly(task, template, tmp_path_factory, capsys) -> None:
+    folder = tmp_path_factory.mktemp("tpl")
+    row = {"text": "TEXT", "question": "Q?", "context": "CTX", "label": "positive", "answer": "a", "fields": {}}
+    data = folder / "d.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    recipe = {"task": {"name": task, "prompt_template": template}, "data": {"train": str(data), "test": str(data)}}
+    (folder / "r.yaml").write_text(yaml.safe_dump(recipe))
+    if _check_cli(["validate", str(folder / "r.yaml")], capsys) == 0:
+        loaded = load_recipe(folder / "r.yaml")
+        [example] = load_split(loaded, get_task(loaded.task, 64), "train").examples
+        assert "<class" not in example.prompt and "object at 0x" not in example.prompt
+
+
+@cases(60)
+@given(kind=st.sampled_from(FILE_KINDS), key=st.sampled_from(["train", "test", "validation"]))
+def test_data_paths_of_every_kind_fail_in_one_line(kind, key, tmp_path_factory, capsys, data_file) -> None:
+    folder = tmp_path_factory.mktemp("kind")
+    data = {"train": str(data_file), "test": str(data_file)} | {key: str(_kind(folder, kind))}
+    (folder / "r.yaml").write_text(yaml.safe_dump({"task": {"name": "sentiment"}, "data": data}))
+    code = _check_cli(["validate", str(folder / "r.yaml")], capsys)
+    assert code == 2 or kind in ("text", "fake-gguf"), f"a {kind} is not a data file"
+
+
+yaml_keys = st.sampled_from(["task", "data", "train", "name", "learning_rate", "epochs", "<<", "model"])
+
+
+def _yaml_shape(draw: st.DrawFn) -> str:
+    """YAML text of shapes a generator of values never makes: duplicated keys, deep flow nesting, anchors,
+    aliases, merge keys, odd indentation."""
+    depth = draw(st.integers(0, 80))
+    lines = ["task: {name: sentiment}", "data: {train: d.jsonl}"]
+    lines += [
+        f"{key}: {draw(st.sampled_from(['1', 'x', '&a 1', '*a', '[1, 2]', '{}']))}"
+        for key in draw(st.lists(yaml_keys, max_size=6))
+    ]
+    if draw(st.booleans()):
+        lines.append("eval: {metrics: " + "[" * depth + "accuracy" + "]" * depth + "}")
+    if draw(st.booleans()):
+        lines.append(draw(st.sampled_from(["train:", "  epochs: 1", "    epochs: 2", "  <<: *a", "&b x: 1"])))
+    return "\n".join(draw(st.permutations(lines))) + "\n"
+
+
+@cases(250)
+@given(text=st.composite(_yaml_shape)())
+def test_yaml_shapes_fail_in_one_line(text, tmp_path_factory, capsys, data_file) -> None:
+    folder = tmp_path_factory.mktemp("yaml")
+    (folder / "d.jsonl").write_text(data_file.read_text())
+    (folder / "r.yaml").write_text(text)
+    _check_cli(["validate", str(folder / "r.yaml")], capsys)

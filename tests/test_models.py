@@ -63,12 +63,14 @@ def test_missing_default_package_says_how_to_install(monkeypatch) -> None:
 def test_a_file_that_is_not_gguf_is_a_clear_error(tmp_path, ftkit_home) -> None:
     fake = tmp_path / "model.gguf"
     fake.write_bytes(b"not a gguf file at all")
-    with pytest.raises(models.ModelError, match="cannot read GGUF file"):
+    with pytest.raises(models.ModelError, match=f"model.source '{fake}': cannot load it"):
         models.convert_gguf(fake)
     assert not list((ftkit_home / "models").glob("model-*")), "no half-written cache entry"
 
 
-def test_a_folder_without_a_model_is_a_clear_error(tmp_path) -> None:
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(models.ModelError, match="cannot load model"):
-        models.load_model(ModelConfig(source=str(tmp_path / "empty")))
+def test_a_tokenizer_folder_without_weights_is_a_clear_error(tmp_path, tiny_model_dir) -> None:
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "no-weights", ignore=shutil.ignore_patterns("*.safetensors"))
+    with pytest.raises(models.ModelError, match="cannot load it: not a model"):
+        models.load_model(ModelConfig(source=str(tmp_path / "no-weights")))

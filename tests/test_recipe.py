@@ -375,7 +375,44 @@ def test_missing_recipe_file(tmp_path: Path) -> None:
 
 
 def test_folder_is_not_a_recipe(tmp_path: Path) -> None:
-    assert problems(tmp_path) == [f"{tmp_path}: recipe file not found"]
+    assert problems(tmp_path) == [f"{tmp_path} is a directory, not a file; name a file inside it"]
+
+
+def test_duplicate_key_names_both_lines(folder: Path) -> None:
+    path = write(folder, BASE + "train:\n  learning_rate: 1e-4\n  epochs: 2\n  learning_rate: 3e-4\n")
+    assert problems(path) == [f"{path}:10: duplicate key 'learning_rate' (first on line 8); keep one of them"]
+
+
+def test_duplicate_section_names_both_lines(folder: Path) -> None:
+    path = write(folder, BASE + "task:\n  name: qa\n")
+    assert problems(path) == [f"{path}:7: duplicate key 'task' (first on line 1); keep one of them"]
+
+
+def test_yaml_merge_keys_are_not_duplicates(folder: Path) -> None:
+    text = BASE + "x_defaults: &d {epochs: 2}\ntrain:\n  <<: *d\n  max_steps: 3\n"
+    path = write(folder, text)
+    assert any("unknown key 'x_defaults'" in p for p in problems(path))
+
+
+@pytest.mark.parametrize("opener, closer", [("[", "]"), ("{a: ", "}")], ids=["lists", "mappings"])
+def test_deep_nesting_is_bounded_not_a_recursion_error(folder: Path, opener: str, closer: str) -> None:
+    for depth in (40, 100_000):
+        path = write(folder, BASE + "eval:\n  metrics: " + opener * depth + "1" + closer * depth + "\n")
+        [problem] = problems(path)
+        assert problem.startswith(str(path)) and "nest" in problem, problem
+
+
+def test_alias_expansion_is_bounded(folder: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 8)]
+    path = write(folder, BASE + "\n".join(lines) + "\n")
+    assert problems(path) == [f"{path}: expands to more than 100000 values (YAML aliases?); a recipe is small"]
+
+
+def test_recipe_size_is_bounded(folder: Path) -> None:
+    path = write(folder, BASE + "# " + "x" * (1 << 20) + "\n")
+    [problem] = problems(path)
+    assert problem.startswith(f"{path}: ") and "too large for a recipe" in problem
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n"], ids=["empty", "comment-only"])
@@ -424,8 +461,9 @@ def test_model_source_that_looks_like_a_missing_path(folder: Path, source: str) 
 
 
 @pytest.mark.parametrize("hub_id", ["HuggingFaceTB/SmolLM2-135M-Instruct", "no-such-org-ftkit/no-such-model-ftkit"])
-def test_model_source_hub_id_kept_as_is(folder: Path, hub_id: str) -> None:
-    # The second id does not exist on the hub: validation must not look it up.
+def test_model_source_hub_id_kept_as_is(folder: Path, hub_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The second id does not exist on the hub: validation must not look it up (online, no cache needed).
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     path = write(folder, BASE + f"model:\n  source: {hub_id}\n")
     assert load_recipe(path).model.source == hub_id
 
@@ -438,6 +476,8 @@ def test_model_source_default(folder: Path) -> None:
 
 def test_model_source_local_paths_become_absolute(folder: Path) -> None:
     (folder / "models" / "mine").mkdir(parents=True)
+    (folder / "models" / "mine" / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "models" / "mine" / "model.safetensors").write_bytes(b"")
     (folder / "weights.gguf").write_bytes(b"GGUF")
     recipe = load_recipe(write(folder, BASE + "model:\n  source: models/mine\n"))
     assert recipe.model.source == str((folder / "models" / "mine").resolve())

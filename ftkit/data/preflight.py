@@ -13,6 +13,7 @@ from typing import Any
 
 from ftkit.data.encoding import IGNORE_INDEX, Encoded, stop_ids
 from ftkit.data.prepared import PreparedData, prepare
+from ftkit.evaluation.sample import label_balance, warnings
 from ftkit.models import meta_model
 from ftkit.recipe import Recipe, load_recipe
 
@@ -59,21 +60,14 @@ def render_report(recipe: Recipe, result: PreparedData) -> str:
     for name, split in result.splits.items():
         lines.append(f"{name:<11}{len(split.examples):>7}{len(split.skipped):>9}  {split.source}")
         lines += [f"    skipped: {problem}" for problem in split.skipped[:3]]
-    labels = Counter(label for e in result.splits["train"].examples if (label := task.label_of(e)) is not None)
-    total = sum(labels.values())
-    if labels and len(labels) <= 20:
-        lines.append(
-            "label balance (train): "
-            + ", ".join(f"{k} {v} ({100 * v / total:.1f}%)" for k, v in sorted(labels.items()))
-        )
-    elif labels:
-        (rare, low), (common, high) = (
-            min(labels.items(), key=lambda kv: kv[1]),
-            max(labels.items(), key=lambda kv: kv[1]),
-        )
-        lines.append(
-            f"label balance (train): {len(labels)} labels; fewest {rare} {low} rows, most {common} {high} rows"
-        )
+    for name, split in result.splits.items():
+        lines += _balance(name, label_balance(task, split.examples))
+    lines += [
+        f"WARNING: {warning}"
+        for name in result.splits
+        if name != "train"
+        for warning in warnings(task, result.splits["train"].examples, result.splits[name].examples, name)
+    ]
     for name, enc in result.encoded.items():
         lengths = [len(r.input_ids) for r in enc.rows]
         stops = set(stop_ids(tokenizer))
@@ -100,6 +94,18 @@ def render_report(recipe: Recipe, result: PreparedData) -> str:
     if result.fatal:
         lines.append("training would refuse to start (see the errors below)")
     return "\n".join(lines)
+
+
+def _balance(split: str, labels: Counter[str]) -> list[str]:
+    """One line of label balance for a split: every label's share, or the extremes when there are many."""
+    total = sum(labels.values())
+    if not labels:
+        return []
+    if len(labels) <= 20:
+        shares = ", ".join(f"{k} {v} ({100 * v / total:.1f}%)" for k, v in sorted(labels.items()))
+        return [f"label balance ({split}): {shares}"]
+    (rare, low), (common, high) = min(labels.items(), key=lambda kv: kv[1]), max(labels.items(), key=lambda kv: kv[1])
+    return [f"label balance ({split}): {len(labels)} labels; fewest {rare} {low} rows, most {common} {high} rows"]
 
 
 RUNTIME_OVERHEAD_GB = 0.9  # torch, transformers, bitsandbytes and the tokenizer, measured on CPU

@@ -19,6 +19,7 @@ from typing import Any, TypeGuard
 import yaml
 
 from ftkit.errors import FtkitError
+from ftkit.evaluation.stats import format_interval
 from ftkit.runs import RunDir
 
 SCHEMA = "ftkit.metrics/1"
@@ -113,7 +114,8 @@ def _check_metrics(path: Path, data: Any) -> dict[str, Any]:
             raise CompareError(f"{path}: system {name!r} has no value for the primary metric {primary!r}; {redo}")
         for metric, interval in metrics.items():
             if not isinstance(interval, dict) or not all(
-                _numeric(interval.get(k)) for k in ("value", "ci_low", "ci_high")
+                _numeric(interval.get(k)) or (k != "value" and interval.get(k) is None)
+                for k in ("value", "ci_low", "ci_high")
             ):
                 raise CompareError(
                     f"{path}: system {name!r}, metric {metric!r}: expected value, ci_low and ci_high; {redo}"
@@ -178,7 +180,7 @@ def _interval(run: Run, system: str, metric: str) -> str:
     interval = run.metrics["systems"][system]["metrics"].get(metric)
     if not interval:
         return "-"
-    return f"{interval['value']:.3f} [{interval['ci_low']:.3f}, {interval['ci_high']:.3f}]"
+    return format_interval(interval["value"], interval["ci_low"], interval["ci_high"])
 
 
 def _comparison(run: Run, system: str, metric: str) -> tuple[str, str, str]:

@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ftkit.evaluation.stats import Interval, bootstrap_ci, mcnemar, paired_bootstrap
+from ftkit.evaluation.sample import Sample
+from ftkit.evaluation.stats import Interval, bca_ci, bootstrap_ci, mcnemar, paired_bootstrap
 from ftkit.recipe import EvalConfig
 from ftkit.tasks import Example, Task
 
 BASE = "base"
 ALPHA = 0.05
+LOUD_TRUNCATION = 0.05  # above this share of truncated inputs, the report says so in capitals
 TEST_NAMES = {"mcnemar": "McNemar exact", "bootstrap": "paired bootstrap"}
 
 
@@ -59,6 +61,41 @@ class Comparison:
         return self.difference < 0 if self.lower_is_better else self.difference > 0
 
 
+@dataclass(frozen=True)
+class Truncation:
+    """How many evaluation inputs were over `Task.eval_budget` and lost `where` (e.g. the prompt's middle)."""
+
+    count: int
+    total: int
+    where: str
+    fits: int  # the data.max_length that would have kept every input whole
+
+    @property
+    def share(self) -> float:
+        return self.count / self.total if self.total else 0.0
+
+    @property
+    def loud(self) -> bool:
+        return self.share > LOUD_TRUNCATION
+
+    def describe(self) -> str:
+        if not self.count:
+            return f"truncated inputs: 0 of {self.total}"
+        text = (
+            f"truncated inputs: {self.count} of {self.total} ({100 * self.share:.1f}%) lost {self.where} "
+            f"to fit data.max_length; data.max_length: {self.fits} would fit them all"
+        )
+        return f"WARNING: {text} (the cut text may hold the answer)" if self.loud else text
+
+
+def count_truncated(task: Task, tokenizer: Any, examples: Sequence[Example]) -> Truncation:
+    """The examples `predict` will cut, asked of the task (its prompt ids and budget), before predicting."""
+    budget = task.eval_budget(tokenizer)
+    over = [len(task.eval_prompt_ids(e, tokenizer)) - budget for e in examples]
+    over = [n for n in over if n > 0]
+    return Truncation(len(over), len(examples), task.eval_cut, task.max_length + max(over, default=0))
+
+
 @dataclass
 class EvalReport:
     task: Task
@@ -69,6 +106,9 @@ class EvalReport:
     comparisons: list[Comparison]
     resamples: int
     training: dict[str, Any] = field(default_factory=dict)
+    sample: Sample | None = None  # how the examples were drawn from the split (eval.max_examples)
+    truncation: Truncation | None = None
+    warnings: list[str] = field(default_factory=list)  # valid but suspicious held-out data (evaluation/sample.py)
 
     def system(self, name: str) -> SystemResult:
         return next(s for s in self.systems if s.name == name)
@@ -115,14 +155,17 @@ def evaluate(
     cfg: EvalConfig,
     *,
     split: str,
+    sample: Sample | None = None,
+    warnings: Sequence[str] = (),
 ) -> EvalReport:
     """Evaluate the base model and each adapter (display name -> peft adapter name)."""
+    truncation = count_truncated(task, tokenizer, examples)
     metric_names = list(cfg.metrics or task.metrics)
     systems: list[SystemResult] = []
     for name, adapter in [(BASE, None), *adapters.items()]:
         with _as_system(model, adapter):
             predictions, seconds = predict_system(task, model, tokenizer, examples, cfg.batch_size, name)
-        systems.append(_score_system(task, name, predictions, seconds, examples, metric_names, cfg.bootstrap))
+        systems.append(score_system(task, name, predictions, seconds, examples, metric_names, cfg.bootstrap))
     comparisons = [
         _compare(task, systems[0], system, metric, examples, cfg.bootstrap)
         for system in systems[1:]
@@ -136,10 +179,13 @@ def evaluate(
         systems=systems,
         comparisons=comparisons,
         resamples=cfg.bootstrap,
+        sample=sample,
+        truncation=truncation,
+        warnings=list(warnings),
     )
 
 
-def _score_system(
+def score_system(
     task: Task,
     name: str,
     predictions: list[Any],
@@ -148,13 +194,15 @@ def _score_system(
     metric_names: list[str],
     resamples: int,
 ) -> SystemResult:
-    """Each metric with its bootstrap CI: vectorised over per-example values where the metric is their mean."""
+    """Each metric with its bootstrap CI: percentile and vectorised over per-example values where the metric
+    is their mean; BCa where it is a corpus statistic (macro-F1, chrF, ...), whose percentile bootstrap is
+    biased on small samples. Either way an interval that excludes its estimate is reported as none."""
     means = task.per_example(predictions, examples)
     rows = list(zip(predictions, examples))
     intervals = {
         metric: bootstrap_ci(np.asarray(means[metric]), n_resamples=resamples, seed=0)
         if metric in means
-        else bootstrap_ci(rows, _statistic(task, metric), n_resamples=resamples, seed=0)
+        else bca_ci(rows, _statistic(task, metric), n_resamples=resamples, seed=0)
         for metric in metric_names
     }
     scores = task.example_scores(predictions, examples)

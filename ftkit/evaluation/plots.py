@@ -133,6 +133,10 @@ def _metric_order(systems: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return order
 
 
+def _or(value: Any, default: float) -> Any:
+    return default if value is None else value
+
+
 def _bars(ax: Any, systems: Mapping[str, Mapping[str, Any]], metrics: list[str]) -> None:
     """Grouped bars on one axes: a group per metric, a bar per system, asymmetric CI whiskers."""
     count = len(systems)
@@ -144,8 +148,8 @@ def _bars(ax: Any, systems: Mapping[str, Mapping[str, Any]], metrics: list[str])
             if not interval or not _finite(interval.get("value")):
                 continue
             value = float(interval["value"])
-            low = float(interval.get("ci_low", value))
-            high = float(interval.get("ci_high", value))
+            low = float(_or(interval.get("ci_low"), value))  # null: no interval (sample too small)
+            high = float(_or(interval.get("ci_high"), value))
             xs.append(i - 0.4 + width * (k + 0.5))
             values.append(value)
             below.append(max(0.0, value - low))

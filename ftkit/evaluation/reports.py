@@ -14,7 +14,7 @@ from typing import Any
 from ftkit import runs
 from ftkit.evaluation import plots
 from ftkit.evaluation.evaluator import BASE, EvalReport, SystemResult
-from ftkit.evaluation.stats import Interval
+from ftkit.evaluation.stats import Interval, format_interval
 
 SCHEMA = "ftkit.metrics/1"
 
@@ -26,12 +26,15 @@ def to_json(report: EvalReport) -> dict[str, Any]:
         "task": report.task.name,
         "split": report.split,
         "examples": len(report.examples),
+        "sample": _sample_json(report),
+        "truncation": _truncation_json(report),
+        "warnings": report.warnings,
         "primary_metric": report.metric_names[0],
         "confidence": 0.95,
         "bootstrap_resamples": report.resamples,
         "systems": {
             s.name: {
-                "metrics": {m: {"value": i.point, "ci_low": i.low, "ci_high": i.high} for m, i in s.metrics.items()},
+                "metrics": {m: _interval_json(i) for m, i in s.metrics.items()},
                 "eval_seconds": round(s.seconds, 2),
                 "examples_per_s": round(s.examples_per_s, 2),
             }
@@ -53,8 +56,55 @@ def to_json(report: EvalReport) -> dict[str, Any]:
     }
 
 
+def _interval_json(interval: Interval) -> dict[str, Any]:
+    """value, ci_low, ci_high (null when the sample is too small for this metric's interval) and ci_method."""
+    low, high = (interval.low, interval.high) if interval.available else (None, None)
+    return {"value": interval.point, "ci_low": low, "ci_high": high, "ci_method": interval.method}
+
+
+def _sample_json(report: EvalReport) -> dict[str, Any] | None:
+    sample = report.sample
+    if sample is None:
+        return None
+    return {
+        "examples": len(sample.examples),
+        "of_rows": sample.total,
+        "stratified": sample.stratified,
+        "seed": sample.seed,
+        "description": sample.describe(),
+    }
+
+
+def _truncation_json(report: EvalReport) -> dict[str, Any] | None:
+    cut = report.truncation
+    if cut is None:
+        return None
+    return {
+        "examples": cut.count,
+        "of": cut.total,
+        "share": round(cut.share, 4),
+        "where": cut.where,
+        "fits_max_length": cut.fits,
+    }
+
+
 def _fmt(interval: Interval) -> str:
-    return f"{interval.point:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
+    return format_interval(interval.point, interval.low, interval.high)
+
+
+def _notes(report: EvalReport) -> list[str]:
+    """The lines every report carries above its numbers: the sample, truncation, warnings, intervals that are none."""
+    notes = [f"examples: {report.sample.describe()}"] if report.sample else []
+    if report.truncation is not None:
+        notes.append(report.truncation.describe())
+    notes += [f"WARNING: {warning}" for warning in report.warnings]
+    missing = sorted({m for s in report.systems for m, i in s.metrics.items() if not i.available})
+    if missing:
+        notes.append(
+            f"no confidence interval for {', '.join(missing)}: the sample is too small for that metric's interval "
+            "(the bootstrap interval would not contain its own estimate); evaluate on more examples"
+        )
+    return notes
 
 
 def render_table(report: EvalReport) -> str:
@@ -63,6 +113,7 @@ def render_table(report: EvalReport) -> str:
     width = max(24, *(len(n) + 2 for n in names))
     first = max(12, *(len(m) + 2 for m in report.metric_names))  # metric names such as field:order_id
     lines = [f"held-out {report.split}: {len(report.examples)} examples, task {report.task.name} (95% bootstrap CI)"]
+    lines += _notes(report)
     lines.append(f"{'metric':<{first}}" + "".join(f"{n:<{width}}" for n in names))
     for metric in report.metric_names:
         lines.append(f"{metric:<{first}}" + "".join(f"{_fmt(s.metrics[metric]):<{width}}" for s in report.systems))
@@ -80,8 +131,9 @@ def render_markdown(report: EvalReport) -> str:
     out = [f"# Evaluation: {report.task.name} on {report.split}", ""]
     out.append(
         f"{len(report.examples)} held-out examples. Values with 95 % bootstrap confidence intervals "
-        f"({report.resamples} resamples, seed 0)."
+        f"({report.resamples} resamples, seed 0; percentile for means, BCa for corpus metrics)."
     )
+    out += [""] + [f"- {note}" for note in _notes(report)]
     out += ["", "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for metric in report.metric_names:
         out.append(f"| {metric} | " + " | ".join(_fmt(s.metrics[metric]) for s in report.systems) + " |")
@@ -161,6 +213,15 @@ def write_reports(report: EvalReport, folder: Path, *, train_log: Path | None = 
     """metrics.json, predictions.jsonl, report.md and the plots, each written atomically."""
     out = runs.RunDir(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    then = "the reports written before are intact; free space, then evaluate again (ftkit eval RECIPE --adapter ...)"
+    with runs.disk_guard(folder, REPORT_BYTES, then):
+        return _write_all(report, out, train_log)
+
+
+REPORT_BYTES = 2 * 1024 * 1024  # metrics.json, predictions.jsonl, report.md and a few PNGs: an upper guess
+
+
+def _write_all(report: EvalReport, out: runs.RunDir, train_log: Path | None) -> list[Path]:
     summary = to_json(report)
     images = write_plots(report, summary, out, train_log)
     runs.write_json(out.metrics, summary)

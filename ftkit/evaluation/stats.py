@@ -29,6 +29,9 @@ import numpy as np
 
 __all__ = [
     "Interval",
+    "bca_ci",
+    "containing",
+    "format_interval",
     "McNemarResult",
     "PairedBootstrapResult",
     "bootstrap_ci",
@@ -44,12 +47,42 @@ _CHUNK_ELEMENTS = 1 << 22
 
 @dataclass(frozen=True)
 class Interval:
-    """A point estimate with a percentile-bootstrap confidence interval."""
+    """A point estimate with a bootstrap confidence interval, and how the interval was made.
+
+    `method` is "percentile", "BCa" or "none": "none" when the sample is too small for this metric's
+    interval (it would not contain its own estimate); `low` and `high` are then NaN, and reports say so.
+    """
 
     point: float
     low: float
     high: float
     confidence: float
+    method: str = "percentile"
+
+    @property
+    def available(self) -> bool:
+        return self.method != "none"
+
+
+TOO_SMALL = "n/a: too few examples for an interval"
+
+
+def format_interval(point: float, low: float | None, high: float | None) -> str:
+    """'0.812 [0.770, 0.850]', or the point and why there is no interval; for every table that shows one."""
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return f"{point:.3f} ({TOO_SMALL})"
+    return f"{point:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def containing(interval: Interval) -> Interval:
+    """The interval if it contains its point estimate; else the same estimate marked "none".
+
+    A percentile bootstrap of a statistic whose resamples are biased (macro-F1 when resamples miss
+    classes) can lie entirely on one side of the estimate; such an interval says something false.
+    """
+    if math.isfinite(interval.low) and math.isfinite(interval.high) and interval.low <= interval.point <= interval.high:
+        return interval
+    return Interval(interval.point, math.nan, math.nan, interval.confidence, "none")
 
 
 @dataclass(frozen=True)
@@ -162,7 +195,48 @@ def bootstrap_ci(
         reps = _replicates((data,), statistic, n_resamples, seed)
     alpha = 1.0 - confidence
     low, high = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
-    return Interval(point=point, low=float(low), high=float(high), confidence=confidence)
+    return containing(Interval(point=point, low=float(low), high=float(high), confidence=confidence))
+
+
+def bca_ci(
+    data: Any,
+    statistic: Statistic,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Bias-corrected and accelerated (BCa) bootstrap CI of a corpus statistic, by scipy.
+
+    For statistics whose percentile bootstrap is biased (macro-F1 over many classes and few examples:
+    a resample that misses a class scores lower, so the percentiles sit below the estimate). Resamples
+    are of example indices, so any per-example data works; the jackknife adds `len(data)` evaluations.
+    An interval that still excludes its estimate (or is undefined) is returned as method "none".
+    """
+    import warnings
+
+    from scipy.stats import bootstrap
+
+    data = _as_data(data)
+    _check_common(len(data), n_resamples)
+    point = float(statistic(data))
+
+    def on_indices(indices: np.ndarray) -> float:
+        return float(statistic(_take(data, indices.astype(np.intp))))
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")  # DegenerateDataWarning: handled below, as method "none"
+        result = bootstrap(
+            (np.arange(len(data)),),
+            on_indices,
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method="BCa",
+            vectorized=False,
+            rng=np.random.default_rng(seed),
+        )
+    low, high = result.confidence_interval
+    return containing(Interval(point, float(low), float(high), confidence, "BCa"))
 
 
 def paired_bootstrap(

@@ -9,7 +9,7 @@ from ftkit import runs
 from ftkit.data.prepared import ready_task
 from ftkit.data.splits import load_split
 from ftkit.errors import FtkitError
-from ftkit.evaluation import evaluator, reports
+from ftkit.evaluation import evaluator, reports, sample
 from ftkit.models import load_model
 from ftkit.recipe import load_recipe
 from ftkit.training import adapters
@@ -29,11 +29,24 @@ def evaluate_adapters(
     if data is not None and not data.is_file():
         raise FtkitError(f"--data {data}: file not found")
     task = ready_task(recipe)
-    examples = load_split(recipe, task, split, path=data).examples[: recipe.eval.max_examples]
+    examples = load_split(recipe, task, split, path=data).examples
+    # Labelled tasks compare the held-out labels with the training data's (a label it never had is a warning);
+    # not for --data, whose column mapping (overrides) need not fit the training file.
+    labelled = data is None and task.label_of(examples[0]) is not None
+    train = load_split(recipe, task, "train").examples if labelled else []
+    drawn, notes = sample.held_out(task, train, examples, recipe, data.name if data else split)
     loaded = load_model(recipe.model)
     model, names = _stack_adapters(loaded.model, loaded.tokenizer, adapters)
     report = evaluator.evaluate(
-        task, model, loaded.tokenizer, examples, names, recipe.eval, split=data.name if data else split
+        task,
+        model,
+        loaded.tokenizer,
+        drawn.examples,
+        names,
+        recipe.eval,
+        split=data.name if data else split,
+        sample=drawn,
+        warnings=notes,
     )
     run = runs.RunDir(recipe.run_dir)
     written = reports.write_reports(

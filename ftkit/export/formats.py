@@ -24,7 +24,23 @@ FORMATS = ("adapter", "safetensors", "gguf", "ollama")
 
 
 def export(target: Path, fmt: str, out: Path, *, dtype: str | None, overwrite: bool) -> str:
-    """Write `target` (a run or adapter folder) to `out` in `fmt`; return a summary for the terminal."""
+    """Write `target` (a run or adapter folder) to `out` in `fmt`; return a summary for the terminal.
+    Everything is written to a staged folder first, so a full disk leaves an earlier export at `out` intact."""
+    needed = runs.size_of(runs.adapter_folder(target)) if fmt == "adapter" else _merged_bytes(target)
+    then = f"an earlier export at {out} is intact (nothing half-written is left); free space, then export again"
+    with runs.disk_guard(out.parent, needed, then):
+        return _export(target, fmt, out, dtype=dtype, overwrite=overwrite)
+
+
+def _merged_bytes(target: Path) -> int:
+    """About what a merged export writes: the base model's weights (its fp32 safetensors twice, for GGUF's scratch)."""
+    from ftkit.models import resolve_source
+
+    source = Path(resolve_source(lineage.base_config(runs.adapter_folder(target)).source))
+    return 2 * sum(p.stat().st_size for p in source.glob("*.safetensors")) if source.is_dir() else 0
+
+
+def _export(target: Path, fmt: str, out: Path, *, dtype: str | None, overwrite: bool) -> str:
     if fmt == "adapter":
         return f"adapter package -> {export_adapter(target, out, overwrite)}"
     if fmt == "safetensors":

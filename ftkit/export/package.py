@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ftkit import lineage, runs
+from ftkit.evaluation.stats import format_interval
 from ftkit.runs import MANIFEST, write_json, write_manifest, write_text
 
 
@@ -134,9 +135,7 @@ def _metrics_table(metrics: dict[str, Any]) -> list[str]:
     for metric in systems[names[0]]["metrics"]:
         cells = [systems[n]["metrics"][metric] for n in names]
         lines.append(
-            f"| {metric} | "
-            + " | ".join(f"{c['value']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]" for c in cells)
-            + " |"
+            f"| {metric} | " + " | ".join(format_interval(c["value"], c["ci_low"], c["ci_high"]) for c in cells) + " |"
         )
     for c in metrics.get("comparisons", []):
         lines.append(

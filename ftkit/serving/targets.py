@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from ftkit.errors import FtkitError
 from ftkit.recipe import ModelConfig
 
@@ -55,7 +57,10 @@ def resolve_target(path: Path, taken: Sequence[str] = ()) -> Target:
     if is_adapter_folder(path):
         return Target(_unique(adapter_name(path), taken), lineage.base_config(path), path)
     if (path / "config.json").is_file():
-        return Target(BASE_NAME, ModelConfig(source=str(path.resolve()), quantization="none"))
+        try:
+            return Target(BASE_NAME, ModelConfig(source=str(path.resolve()), quantization="none"))
+        except ValidationError as error:  # a config.json, but not a model folder
+            raise DeployError(f"{path}: {error.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     raise DeployError(
         f"{path} is not a run directory (recipe.yaml + adapter/), an adapter folder (adapter_config.json) "
         "or a model folder (config.json)"

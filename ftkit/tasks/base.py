@@ -10,12 +10,13 @@ adding one module under `ftkit/tasks/` that defines a `Task` subclass decorated 
 
 from __future__ import annotations
 
+import string
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from ftkit.data.encoding import Encoded, encode_prompt_completion, last_span_start, truncate_middle
 from ftkit.errors import FtkitError, RowError
@@ -27,11 +28,43 @@ PairedTest = Literal["mcnemar", "bootstrap"]
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Slots:
+    """The `{field}`s a prompt template may use (`allowed`) and those it must (`required`).
+
+    A task declares them per template option (`TaskOptions.templates`): the row columns it renders
+    and any it fills itself (extract's `{field_list}`). A template that leaves out a required field
+    would train every example on the same prompt; one that uses another name fails on the first row.
+    """
+
+    allowed: frozenset[str]
+    required: frozenset[str]
+
+
+def slots(*allowed: str, required: tuple[str, ...] | None = None) -> Slots:
+    """`Slots` from field names; every allowed field is required unless `required` says otherwise."""
+    return Slots(frozenset(allowed), frozenset(allowed if required is None else required))
+
+
 class TaskOptions(BaseModel):
-    """Base of each task's `task:` section in the recipe; subclasses add a `name` literal."""
+    """Base of each task's `task:` section in the recipe; subclasses add a `name` literal.
+
+    `templates` maps each option that holds a prompt template to its `Slots`; every such option is
+    parsed when the recipe is validated (`check_template`), so `ftkit validate` catches what
+    `ftkit data` would otherwise hit on the first row.
+    """
 
     model_config = ConfigDict(extra="forbid")
+    templates: ClassVar[Mapping[str, Slots]] = {}
     name: str
+
+    @field_validator("*")
+    @classmethod
+    def _templates_parse(cls, value: Any, info: ValidationInfo) -> Any:
+        declared = cls.templates.get(info.field_name or "")
+        if declared is not None and isinstance(value, str):
+            check_template(value, declared)
+        return value
 
 
 @dataclass(frozen=True)
@@ -140,6 +173,19 @@ class Task(ABC):
             raise TypeError(f"task '{self.name}': per_example gives no '{self.metrics[0]}'; override example_scores")
         return values[self.metrics[0]]
 
+    # --- what evaluation feeds the model ----------------------------------------------------------
+
+    eval_cut: ClassVar[str] = "the middle of the prompt"  # what `predict` drops from an input over budget
+
+    def eval_prompt_ids(self, example: Example, tokenizer: Any) -> list[int]:
+        """The token ids `predict` feeds for this example before cutting it to `eval_budget`."""
+        return list(tokenizer(example.prompt)["input_ids"])
+
+    def eval_budget(self, tokenizer: Any) -> int:
+        """How many prompt tokens `predict` keeps: data.max_length less what the answer needs.
+        Evaluation counts the examples over it (they lose `eval_cut`) and reports them."""
+        return self.max_length - getattr(self.options, "max_new_tokens", 0)
+
     def generate(
         self,
         model: Any,
@@ -154,7 +200,7 @@ class Task(ABC):
         budget = self.max_length - max_new_tokens
         replies: list[str] = []
         for batch in batches(examples, batch_size):
-            prompts = [truncate_middle(tokenizer(e.prompt)["input_ids"], budget) for e in batch]
+            prompts = [truncate_middle(self.eval_prompt_ids(e, tokenizer), budget) for e in batch]
             replies += generate_greedy(model, tokenizer, prompts, max_new_tokens)
             progress(len(batch))
         return replies
@@ -193,12 +239,95 @@ def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
+class TemplateError(ValueError):
+    """A prompt template that is not a plain `{field}` template of the task's fields."""
+
+
+_FORMATTER = string.Formatter()
+
+
+def _fields(template: str) -> Iterator[tuple[int, str]]:
+    """(1-based position, text between the braces) of each field; `{{` and `}}` are literal braces.
+
+    Scanned by hand rather than by `string.Formatter().parse` alone, which says "Single '}'
+    encountered" without saying where.
+    """
+    i = 0
+    while i < len(template):
+        char = template[i]
+        if char in "{}" and template[i + 1 : i + 2] == char:
+            i += 2
+            continue
+        if char == "}":
+            raise TemplateError(f"a single '}}' at position {i + 1} closes nothing; write '}}}}' for a literal brace")
+        if char == "{":
+            end, inner = template.find("}", i + 1), template.find("{", i + 1)
+            if end < 0:
+                raise TemplateError(f"the '{{' at position {i + 1} is never closed; write '{{{{' for a literal brace")
+            if 0 <= inner < end:
+                raise TemplateError(
+                    f"a '{{' at position {inner + 1} inside the field opened at position {i + 1}; "
+                    "fields cannot nest (write '{{' for a literal brace)"
+                )
+            yield i + 1, template[i + 1 : end]
+            i = end
+        i += 1
+
+
+def _field_name(position: int, inside: str) -> str:
+    """The plain field name between a pair of braces, or a `TemplateError` saying which trick it tries."""
+    [(_, name, spec, conversion)] = list(_FORMATTER.parse("{" + inside + "}"))
+    shown = "{" + inside + "}"
+    if conversion:
+        raise TemplateError(f"{shown} at position {position}: conversions (!r, !s, !a) are not allowed")
+    if spec:
+        raise TemplateError(f"{shown} at position {position}: format specs (':...') are not allowed")
+    name = name or ""
+    if not name or name.isdigit():
+        raise TemplateError(f"{shown} at position {position}: name the field, e.g. {{text}}")
+    if not name.isidentifier():
+        what = "index access ([...])" if "[" in name else "attribute access (.name)" if "." in name else "this name"
+        raise TemplateError(f"{shown} at position {position}: {what} is not allowed; use a plain field name")
+    return name
+
+
+def parse_template(template: str) -> list[tuple[str, str | None]]:
+    """The template as (literal text, field name or None) pieces, under the restricted rules.
+
+    Only plain `{name}` fields: no attribute or index access (`{text.__class__}` walks Python
+    objects), no conversions, no format specs (`{text:>999999999}` allocates a gigabyte).
+    """
+    names = iter([_field_name(position, inside) for position, inside in _fields(template)])
+    return [(literal, None if field is None else next(names)) for literal, field, _, _ in _FORMATTER.parse(template)]
+
+
+def check_template(template: str, allowed: Slots) -> list[str]:
+    """The template's field names, or a `TemplateError` for a syntax problem, an unknown or a missing field."""
+    used = [field for _, field in parse_template(template) if field is not None]
+    choices = ", ".join("{" + f + "}" for f in sorted(allowed.allowed))
+    unknown = [f for f in used if f not in allowed.allowed]
+    if unknown:
+        raise TemplateError(f"unknown field {{{unknown[0]}}}; this template may use {choices}")
+    missing = sorted(allowed.required - set(used))
+    if missing:
+        raise TemplateError(
+            f"the template does not use {{{missing[0]}}}, so every example would get the same prompt; "
+            f"add {{{missing[0]}}} where the input goes"
+        )
+    return used
+
+
 def render(template: str, row: Mapping[str, Any], where: str) -> str:
-    """Fill a `{field}` prompt template, naming the missing field if the template asks for one."""
-    try:
-        return template.format_map(row)
-    except KeyError as missing:
-        raise RowError(f"{where}: the prompt template uses {missing} but the row has no such field") from None
+    """Fill a prompt template (checked by `check_template` at validation) with the row's fields, by the
+    same restricted rules, naming the missing field if the row has none."""
+    out = []
+    for literal, field in parse_template(template):
+        out.append(literal)
+        if field is not None:
+            if field not in row:
+                raise RowError(f"{where}: the prompt template uses '{field}' but the row has no such field")
+            out.append(str(row[field]))
+    return "".join(out)
 
 
 def alpaca_prompt(row: Mapping[str, Any]) -> str:

@@ -116,11 +116,18 @@ class Chat(Task):
         cut = max(0, len(ids) - self.max_length)
         return Encoded(input_ids=ids[cut:], labels=labels[cut:], prompt_truncated=cut > 0, notes=rendered.notes)
 
+    eval_cut = "the oldest turns of the conversation"
+
+    def eval_prompt_ids(self, example: Example, tokenizer: Any) -> list[int]:
+        """The conversation up to its last reply, as the chat template renders it."""
+        rendered = assistant_spans(tokenizer, _messages(example))
+        return rendered.ids[: rendered.spans[-1][0]]
+
     def predict(
         self, model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int, progress: Progress
     ) -> list[dict[str, Any]]:
         """Generate each final reply, and score the reference reply's likelihood for perplexity."""
-        budget = self.max_length - self.options.max_new_tokens
+        budget = self.eval_budget(tokenizer)
         predictions: list[dict[str, Any]] = []
         for batch in batches(examples, batch_size):
             contexts, references = [], []

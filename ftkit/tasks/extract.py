@@ -22,12 +22,13 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from ftkit.errors import RowError
-from ftkit.tasks.base import Example, Progress, Task, TaskOptions, register, render
+from ftkit.tasks.base import Example, Progress, Task, TaskOptions, register, render, slots
 
 Fields = dict[str, str | None]
 
 
 class ExtractOptions(TaskOptions):
+    templates = {"prompt_template": slots("text", "field_list", required=("text",))}
     name: Literal["extract"]
     fields: list[str] = Field(
         default=["intent", "order_id", "product", "email"],
@@ -35,7 +36,7 @@ class ExtractOptions(TaskOptions):
     )
     prompt_template: str = Field(
         default="Extract {field_list} from the customer message as JSON (null when absent).\nMessage: {text}\nJSON:",
-        description="Python format string over the row's columns; {field_list} is task.fields joined by commas",
+        description="{text} marks where the message goes; {field_list} (optional) is task.fields joined by commas",
     )
     max_new_tokens: int = Field(default=64, ge=1, le=1024, description="longest reply generated at evaluation")
 

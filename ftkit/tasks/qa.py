@@ -14,10 +14,14 @@ from pydantic import Field
 
 from ftkit.errors import RowError
 from ftkit.evaluation.metrics import compute, per_example
-from ftkit.tasks.base import Example, Progress, Row, Task, TaskOptions, alpaca_prompt, register, render
+from ftkit.tasks.base import Example, Progress, Row, Task, TaskOptions, alpaca_prompt, register, render, slots
 
 
 class QAOptions(TaskOptions):
+    templates = {
+        "prompt_template": slots("context", "question"),
+        "prompt_template_no_context": slots("question"),
+    }
     name: Literal["qa"]
     prompt_template: str = Field(
         default="Answer with a short phrase from the context.\nContext: {context}\nQuestion: {question}\nAnswer:",

@@ -16,10 +16,11 @@ from ftkit.data.encoding import truncate_middle
 from ftkit.errors import RowError
 from ftkit.evaluation.inference import score_options
 from ftkit.evaluation.metrics import compute, per_example
-from ftkit.tasks.base import Example, Progress, Task, TaskOptions, batches, register, render
+from ftkit.tasks.base import Example, Progress, Task, TaskOptions, batches, register, render, slots
 
 
 class SentimentOptions(TaskOptions):
+    templates = {"prompt_template": slots("text")}
     name: Literal["sentiment"]
     labels: list[str] | None = Field(
         default=["negative", "positive"],
@@ -28,7 +29,7 @@ class SentimentOptions(TaskOptions):
     )
     prompt_template: str = Field(
         default="Review: {text}\nSentiment:",
-        description="Python format string over the row's columns; the label word follows it after a space.",
+        description="{text} marks where the review goes; the label word follows the prompt after a space.",
     )
 
     @field_validator("labels")
@@ -96,18 +97,24 @@ class Sentiment(Task):
             f"{where}: unknown label {label!r}; expected one of {labels} (task.labels) or 0..{len(labels) - 1}"
         )
 
+    def _options(self, tokenizer: Any) -> list[list[int]]:
+        """Each label as the ids it is scored by: its word after a space, then EOS."""
+        return [
+            tokenizer(f" {label}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            for label in self.labels
+        ]
+
+    def eval_budget(self, tokenizer: Any) -> int:
+        return self.max_length - max(len(option) for option in self._options(tokenizer))
+
     def predict(
         self, model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int, progress: Progress
     ) -> list[str]:
         """Score all label options of a batch of examples in one forward pass; pick the most likely."""
-        labels = self.labels
-        options = [
-            tokenizer(f" {label}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for label in labels
-        ]
-        budget = self.max_length - max(len(option) for option in options)
+        labels, options, budget = self.labels, self._options(tokenizer), self.eval_budget(tokenizer)
         predictions: list[str] = []
         for batch in batches(examples, batch_size):
-            prompts = [truncate_middle(tokenizer(example.prompt)["input_ids"], budget) for example in batch]
+            prompts = [truncate_middle(self.eval_prompt_ids(example, tokenizer), budget) for example in batch]
             for scores in score_options(model, tokenizer.pad_token_id, prompts, options):
                 predictions.append(labels[max(range(len(labels)), key=scores.__getitem__)])
             progress(len(batch))

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from ftkit.data.prepared import PreparedData
 from ftkit.errors import FtkitError
 from ftkit.models import LoadedModel, compute_dtype, load_model
 from ftkit.recipe import Recipe
-from ftkit.runs import RunDir, append_jsonl, staged_dir, write_json, write_manifest
+from ftkit.runs import DiskFullError, RunDir, append_jsonl, disk_guard, size_of, staged_dir, write_json, write_manifest
 from ftkit.training import adapters, distributed
 
 
@@ -293,13 +294,27 @@ def train(
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(run.last_checkpoint()) if resume else None)
+    last = run.last_checkpoint()
+
+    def checkpoint_bytes() -> int:
+        done = run.last_checkpoint()
+        return size_of(done) if done else 0
+
+    try:
+        with disk_guard(run.checkpoints, checkpoint_bytes, lambda: _kept(run.last_checkpoint(), "continue")):
+            output = trainer.train(resume_from_checkpoint=str(last) if resume else None)
+    except DiskFullError:
+        run.drop_incomplete_checkpoints()
+        raise
     wall = time.perf_counter() - started
     gathered = distributed.gathered_state_dict(trainer)  # every process takes part; None unless sharded
     change = adapters.assert_moved(before, model) if not distributed.shards_parameters() else None
 
+    last = run.last_checkpoint()
     if trainer.is_world_process_zero():
-        with staged_dir(run.adapter) as stage:
+        needed = size_of(last) // 2 if last else 0  # the adapter and tokenizer, without the optimizer state
+        # The guard inside the staged folder: it sees the disk before the half-written stage is removed.
+        with staged_dir(run.adapter) as stage, disk_guard(run.adapter, needed, _kept(last, "finish")):
             model.save_pretrained(stage, state_dict=gathered)
             loaded.tokenizer.save_pretrained(stage)
             write_manifest(stage, {"lineage": lineage.record(recipe, loaded.source, loaded.tokenizer, prepared.splits)})
@@ -315,6 +330,16 @@ def train(
         truncated=train_set.truncated,
         lora_change=change,
         batch=batch,
+    )
+
+
+def _kept(last: Path | None, verb: str) -> str:
+    """What a disk-full message says survived, and how to go on."""
+    if last is None:
+        return "no checkpoint was complete yet; free space, then start again with ftkit train RECIPE --overwrite"
+    return (
+        f"the last complete checkpoint ({last.name}) and earlier files are intact; free space, then {verb} with "
+        "ftkit train RECIPE --resume"
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from ftkit import lineage, runs
 from ftkit.data.prepared import prepare
 from ftkit.errors import FtkitError
-from ftkit.evaluation import evaluator, reports
+from ftkit.evaluation import evaluator, reports, sample
 from ftkit.recipe import Recipe, load_recipe
 from ftkit.training import distributed
 from ftkit.training.trainer import TrainResult, train
@@ -111,15 +111,19 @@ def train_and_evaluate(
                 file=sys.stderr,
             )
             return 0
-        examples = prepared.splits[recipe.eval.split].examples[: recipe.eval.max_examples]
+        drawn, notes = sample.held_out(
+            prepared.task, prepared.splits["train"].examples, prepared.splits[recipe.eval.split].examples, recipe
+        )
         report = evaluator.evaluate(
             prepared.task,
             result.model,
             result.tokenizer,
-            examples,
+            drawn.examples,
             {"adapter": "default"},
             recipe.eval,
             split=recipe.eval.split,
+            sample=drawn,
+            warnings=notes,
         )
         report.training = summary | {"peak_rss_mb": round(peak_rss_mb())}
         written = reports.write_reports(report, run.path, train_log=run.train_log)

@@ -7,9 +7,7 @@ an adapter folder), so the three systems answer differently and quickly.
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,40 +17,11 @@ from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
 from ftkit.cli import main
-from ftkit.serving import runtime
-from ftkit.serving.server import Limits, bind, create_app, server
-from ftkit.serving.targets import DeployError, Target, resolve_targets, shared_base
-from tests.tiny_adapters import make_adapter, make_run
+from ftkit.serving.server import bind
+from ftkit.serving.targets import DeployError, Target, shared_base
+from tests.serving.conftest import KEY
 
-KEY = "test-key-123"
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello, how are you?"}]
-
-
-@pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("serve")
-    alpha = make_run(root, tiny_model_dir, "alpha", seed=1)
-    beta = make_adapter(root / "beta", tiny_model_dir, seed=2)
-    deployment = runtime.load(*resolve_targets([alpha, beta]))
-    app = create_app(deployment, api_key=KEY, limits=Limits(max_new_tokens=32, max_body_bytes=20_000))
-    sock = bind("127.0.0.1", 0)
-    uvicorn_server = server(app, log_level="warning")
-    thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
-    else:
-        pytest.fail("the server did not answer /health within 20 s")
-    yield url
-    uvicorn_server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -208,21 +177,23 @@ def test_health_needs_no_key(base_url: str) -> None:
     assert httpx.get(f"{base_url}/health").json() == {"status": "ok", "models": ["base", "alpha", "beta"]}
 
 
-def test_adapters_of_different_bases_are_refused_before_loading(tmp_path: Path) -> None:
+def test_adapters_of_different_bases_are_refused_before_loading(tmp_path: Path, tiny_model_dir: Path) -> None:
     from ftkit.recipe import ModelConfig
 
     targets = [
-        Target("a", ModelConfig(source=str(tmp_path)), tmp_path),
+        Target("a", ModelConfig(source=str(tiny_model_dir)), tmp_path),
         Target("b", ModelConfig(source="default"), tmp_path),
     ]
     with pytest.raises(DeployError, match="one process serves adapters of one base model"):
         shared_base(targets, None)
 
 
-def test_an_adapter_served_on_a_differently_quantized_base_is_warned_about(tmp_path: Path, caplog) -> None:
+def test_an_adapter_served_on_a_differently_quantized_base_is_warned_about(
+    tmp_path: Path, tiny_model_dir: Path, caplog
+) -> None:
     from ftkit.recipe import ModelConfig
 
-    trained = Target("a", ModelConfig(source=str(tmp_path), quantization="none"), tmp_path)
+    trained = Target("a", ModelConfig(source=str(tiny_model_dir), quantization="none"), tmp_path)
     assert shared_base([trained], "4bit").quantization == "4bit"
     assert "'a' was trained with quantization none and runs with 4bit" in caplog.text
     caplog.clear()

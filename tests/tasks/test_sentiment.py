@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from ftkit.data.encoding import IGNORE_INDEX, encode_prompt_completion
 from ftkit.errors import RowError
@@ -43,10 +44,9 @@ def test_bad_rows_name_the_row(task, row, message) -> None:
     assert "data.jsonl:row 12" in str(error.value)
 
 
-def test_template_with_a_missing_field_names_it() -> None:
-    task = get_task(SentimentOptions(name="sentiment", prompt_template="{title}: {text}"), max_length=64)
-    with pytest.raises(RowError, match="'title'"):
-        task.make_example({"text": "x", "label": "positive"}, "f:row 3")
+def test_template_with_a_field_the_task_does_not_have_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"unknown field \{title\}; this template may use \{text\}"):
+        SentimentOptions(name="sentiment", prompt_template="{title}: {text}")
 
 
 def test_eos_is_trained_and_prompt_is_not(tokenizer) -> None:
