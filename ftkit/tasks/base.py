@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from ftkit.data.encoding import Encoded, encode_prompt_completion, last_span_start, truncate_middle
 from ftkit.errors import FtkitError, RowError
-from ftkit.evaluation.inference import generate_greedy
 
 Row = dict[str, Any]
 Progress = Callable[[int], None]  # called with the number of examples just finished
@@ -197,6 +196,8 @@ class Task(ABC):
     ) -> list[str]:
         """Greedy replies to each example's prompt, batched; a long prompt loses its middle so that the
         prompt and `max_new_tokens` fit `data.max_length`. For tasks that predict by generating."""
+        from ftkit.evaluation.inference import generate_greedy  # torch: only when predicting, not to validate
+
         budget = self.max_length - max_new_tokens
         replies: list[str] = []
         for batch in batches(examples, batch_size):

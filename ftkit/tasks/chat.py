@@ -18,7 +18,6 @@ from pydantic import Field
 
 from ftkit.data.encoding import IGNORE_INDEX, Encoded, assistant_spans
 from ftkit.errors import RowError
-from ftkit.evaluation.inference import generate_greedy, score_completions
 from ftkit.evaluation.metrics import compute, per_example
 from ftkit.tasks.base import Example, Progress, Row, Task, TaskOptions, alpaca_prompt, batches, register
 
@@ -127,6 +126,8 @@ class Chat(Task):
         self, model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int, progress: Progress
     ) -> list[dict[str, Any]]:
         """Generate each final reply, and score the reference reply's likelihood for perplexity."""
+        from ftkit.evaluation.inference import generate_greedy, score_completions
+
         budget = self.eval_budget(tokenizer)
         predictions: list[dict[str, Any]] = []
         for batch in batches(examples, batch_size):

@@ -14,7 +14,6 @@ from pydantic import Field, field_validator
 
 from ftkit.data.encoding import truncate_middle
 from ftkit.errors import RowError
-from ftkit.evaluation.inference import score_options
 from ftkit.evaluation.metrics import compute, per_example
 from ftkit.tasks.base import Example, Progress, Task, TaskOptions, batches, register, render, slots
 
@@ -111,6 +110,8 @@ class Sentiment(Task):
         self, model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int, progress: Progress
     ) -> list[str]:
         """Score all label options of a batch of examples in one forward pass; pick the most likely."""
+        from ftkit.evaluation.inference import score_options
+
         labels, options, budget = self.labels, self._options(tokenizer), self.eval_budget(tokenizer)
         predictions: list[str] = []
         for batch in batches(examples, batch_size):
