@@ -253,6 +253,7 @@ def run_trl(mode: str, steps: int, out: Path, variant: str, extra: Sequence[str]
     from ftkit.models import resolve_source
     from ftkit.tasks import get_task
     from ftkit.training.adapters import lora_config
+    from ftkit.training.trainer import optimizer_arguments
 
     recipe = bench_recipe(mode, steps, out, list(extra))
     task = get_task(recipe.task, recipe.data.max_length)
@@ -261,19 +262,13 @@ def run_trl(mode: str, steps: int, out: Path, variant: str, extra: Sequence[str]
     source = resolve_source(recipe.model.source)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, quantization_config=trl_quantization(mode))
-    t = recipe.train
     tuned = {"gradient_checkpointing": False} if variant == "trl-nogc" else {}
     config = SFTConfig(
         output_dir=str(out),
         max_steps=steps,
         per_device_train_batch_size=BATCH,
         gradient_accumulation_steps=1,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        seed=t.seed,
+        **optimizer_arguments(recipe.train),
         max_length=recipe.data.max_length,
         logging_steps=1,
         save_strategy="no",

@@ -15,6 +15,7 @@ The 0/1 metrics are compared with McNemar's exact test, field F1 with a paired b
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -140,11 +141,14 @@ class Extract(Task):
     def scorers(
         self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]
     ) -> dict[str, Callable[[], float]]:
-        values = self.per_example(predictions, examples)
         found = [p["fields"] for p in predictions]
 
+        @functools.cache  # the bootstrap asks one metric per resample: the 0/1 lists only when a mean is asked
+        def values() -> dict[str, list[float]]:
+            return self.per_example(predictions, examples)
+
         def mean(metric: str) -> Callable[[], float]:
-            return lambda: sum(values[metric]) / len(values[metric])
+            return lambda: sum(values()[metric]) / len(values()[metric])
 
         return {"field_f1": lambda: field_f1(found, [e.reference for e in examples])} | {
             m: mean(m) for m in self.metrics[1:]

@@ -27,7 +27,7 @@ from ftkit.data.encoding import IGNORE_INDEX, Encoded
 from ftkit.data.prepared import PreparedData
 from ftkit.errors import FtkitError
 from ftkit.models import LoadedModel, compute_dtype, load_model
-from ftkit.recipe import Recipe
+from ftkit.recipe import Recipe, TrainConfig
 from ftkit.runs import DiskFullError, RunDir, append_jsonl, disk_guard, size_of, staged_dir, write_json, write_manifest
 from ftkit.training import adapters, distributed
 
@@ -213,6 +213,18 @@ class TrainResult:
     batch: dict[str, int]  # processes, per-device batch, accumulation, effective batch
 
 
+def optimizer_arguments(t: TrainConfig) -> dict[str, Any]:
+    """The recipe's optimizer and schedule as Trainer arguments; the TRL benchmark gives its trainer the same."""
+    return {
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler,
+        "warmup_steps": t.warmup_ratio,  # transformers 5: a float below 1 is a share of the steps
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
+        "seed": t.seed,
+    }
+
+
 def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool) -> TrainingArguments:
     t = recipe.train
     on_gpu = torch.cuda.is_available()
@@ -228,12 +240,7 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool) -> Tra
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=recipe.eval.batch_size,
         gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        seed=t.seed,
+        **optimizer_arguments(t),
         data_seed=t.seed,
         logging_steps=t.log_every,
         logging_first_step=True,
