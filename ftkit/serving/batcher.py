@@ -13,8 +13,7 @@ Three things keep a row's answer what it would be alone:
   columns that hold only padding once rows leave are cut.
 - **Adapters per row.** peft's mixed-adapter batches (`adapter_names=`, one name per row,
   `__base__` for the base model) run the base matmul once for the whole batch and each adapter's
-  LoRA on its own rows, so requests for different adapters share a step. No global "active
-  adapter" is switched.
+  LoRA on its own rows, so requests for different adapters share a step rather than taking turns.
 - **Seeds per row.** Each request samples from its own `torch.Generator`, seeded by its `seed`
   (or randomly): what it draws does not depend on which other requests share its steps.
 """
@@ -25,6 +24,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -152,9 +152,24 @@ class Batcher:
         return True
 
     def _forward(self, jobs: Sequence[Job], **inputs: Any) -> Any:
-        if self._peft:  # one adapter name per row: peft's mixed-adapter batch
-            inputs["adapter_names"] = [job.adapter or BASE_ADAPTER for job in jobs]
-        return self.model(**inputs, use_cache=True, logits_to_keep=1)
+        """One forward pass for all rows. Rows of several systems go through peft's mixed-adapter batch
+        (faster than one forward per adapter: each forward pays for the whole base model); a batch of
+        one system goes through peft's active adapter, which skips the mixed batch's row indexing in
+        every LoRA layer (`bench/serve_load.py` times the three). Only this thread runs the model, so
+        switching the active adapter here races with nothing."""
+        call = partial(self.model, **inputs, use_cache=True, logits_to_keep=1)
+        systems = {job.adapter for job in jobs}
+        if not self._peft:
+            return call()
+        if len(systems) > 1:
+            return call(adapter_names=[job.adapter or BASE_ADAPTER for job in jobs])
+        (adapter,) = systems
+        if adapter is None:
+            with self.model.disable_adapter():
+                return call()
+        if self.model.active_adapter != adapter:
+            self.model.set_adapter(adapter)
+        return call()
 
     def _admit(self, batch: _Batch | None, jobs: list[Job]) -> _Batch | None:
         """Prefill the joining jobs as one left-padded batch, pick their first tokens, and merge their

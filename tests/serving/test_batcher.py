@@ -94,6 +94,12 @@ def test_mixed_adapter_ragged_batch_gives_each_request_its_one_at_a_time_reply(d
     assert batcher.widest == len(jobs), "all five were decoded in one batch"
     assert [job.tokens for job in jobs] == expected
 
+    for name, prompt, budget, want in zip(names, prompts, budgets, expected, strict=True):
+        again = Collected().job(deployment, name, prompt, Sampling(max_new_tokens=budget))  # alone: no mixed batch
+        batcher.submit(again)
+        finish(again)
+        assert again.tokens == want
+
 
 def test_requests_joining_a_running_batch_get_their_one_at_a_time_reply(deployment, batcher) -> None:
     first = prompt_of(deployment, QUESTIONS[3])
