@@ -1,21 +1,24 @@
 """Serving under load: `ftkit serve` driven by 1, 4 and 16 concurrent streaming `openai` clients.
 
 The server is the real command (`python -m ftkit.cli serve`) in a subprocess on a loopback port, serving the
-default model (4-bit, as QLoRA runs are served) with two LoRA adapters, so requests for `base`, `alpha` and
-`beta` share batches (peft's mixed-adapter batches). The adapters are random (`tests/tiny_adapters.py`): this
-measures speed, not answers. Each client sends its requests one after another, greedy, `max_tokens` each,
-streamed; request k of a level asks question k with system k mod 3, so the same (question, system) pairs
-recur across levels and their answers are compared with the 1-client answers.
+default model (4-bit, as QLoRA runs are served) with two LoRA adapters, `alpha` and `beta`. The adapters are
+random (`tests/tiny_adapters.py`): this measures speed, not answers. Each client sends its requests one after
+another, greedy, `max_tokens` each, streamed. Two scenarios run against the one server:
 
-Per level: total completion tokens/s over the level's wall time, time to first token (first content chunk)
-and request latency, p50 and p95. After the levels, with the server gone, one decode step of 4 rows over two
-adapters is timed in this process both ways: one mixed-adapter forward (what the server does) and one
-forward per adapter (grouping), alternated.
+- `one`: every request asks `alpha` (several people trying one adapter);
+- `mixed`: request k asks `base`, `alpha`, `beta` in turn (k mod 3), so batches mix adapters.
 
-    python bench/serve_load.py [--requests 8] [--max-tokens 32] [--level-seconds 180]
+Request k of a level asks question k, so the same (question, system) pairs recur across levels, and each
+reply is compared with the 1-client reply to the same pair. Per level: total completion tokens/s over the
+level's wall time, time to first token (first content chunk) and request latency, p50 and p95. Afterwards,
+with the server gone, one decode step of 4 rows is timed in this process three ways, alternated: 2 + 2 rows
+of two adapters as one mixed-adapter forward (what the server does), the same rows as one forward per adapter
+(grouping), and 4 rows of one adapter through peft's active adapter (what the server does for one system).
+
+    python bench/serve_load.py [--requests 8] [--max-tokens 32] [--level-seconds 180] [--torch-threads N]
 
 Bounded: at most `--requests` requests per level (16 at 16 clients) and `--level-seconds` per level; loopback
-only. Writes bench/results/serve_load.json and .md and prints the Markdown table.
+only. Writes bench/results/serve_load.json and .md and prints the Markdown tables.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from common import ROOT, machine, write_results  # noqa: E402
 from ftkit.models import resolve_source  # noqa: E402
 
 LEVELS = (1, 4, 16)
-SYSTEMS = ("base", "alpha", "beta")
+SCENARIOS = {"one": ("alpha",), "mixed": ("base", "alpha", "beta")}
 
 
 def questions(count: int) -> list[str]:
@@ -67,10 +70,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(targets: list[Path], port: int, max_tokens: int, log: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    targets: list[Path], port: int, max_tokens: int, threads: int | None, log: Path
+) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "ftkit.cli", "serve", *map(str, targets), "--port", str(port)]
     command += ["--quantization", "4bit", "--max-new-tokens-limit", str(max_tokens)]
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    env = os.environ | {"PYTHONPATH": str(ROOT)} | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
     env.pop("FTKIT_API_KEY", None)
     server = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 300
@@ -84,8 +89,8 @@ def start_server(targets: list[Path], port: int, max_tokens: int, log: Path) -> 
     raise SystemExit(f"ftkit serve did not come up within 300 s; see {log}")
 
 
-def one_request(client: Any, k: int, asked: list[str], max_tokens: int) -> dict[str, Any]:
-    system, question = SYSTEMS[k % len(SYSTEMS)], asked[k % len(asked)]
+def one_request(client: Any, k: int, systems: tuple[str, ...], asked: list[str], max_tokens: int) -> dict[str, Any]:
+    system, question = systems[k % len(systems)], asked[k % len(asked)]
     started = time.perf_counter()
     first, text, tokens = None, "", 0
     stream = client.chat.completions.create(
@@ -115,19 +120,21 @@ def one_request(client: Any, k: int, asked: list[str], max_tokens: int) -> dict[
     }
 
 
-def run_level(url: str, clients: int, total: int, max_tokens: int, asked: list[str], seconds: float) -> dict[str, Any]:
+def run_level(
+    url: str, clients: int, total: int, systems: tuple[str, ...], asked: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
     """`clients` threads, each sending requests k = client, client + clients, ... below `total`, one at a time."""
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
     done: list[dict[str, Any]] = []
-    deadline = time.perf_counter() + seconds
+    deadline = time.perf_counter() + args.level_seconds
 
     def work(first: int) -> None:
         for k in range(first, total, clients):
             if time.perf_counter() > deadline:
                 return
-            done.append(one_request(client, k, asked, max_tokens))
+            done.append(one_request(client, k, systems, asked, args.max_tokens))
 
     threads = [threading.Thread(target=work, args=(c,)) for c in range(clients)]
     started = time.perf_counter()
@@ -147,7 +154,9 @@ def run_level(url: str, clients: int, total: int, max_tokens: int, asked: list[s
         "ttft_p95_s": percentile([r["ttft_s"] for r in done], 95),
         "latency_p50_s": percentile([r["latency_s"] for r in done], 50),
         "latency_p95_s": percentile([r["latency_s"] for r in done], 95),
-        "replies": sorted(({"k": r["k"], "system": r["system"], "text": r["text"]} for r in done), key=lambda r: r["k"]),
+        "replies": sorted(
+            ({"k": r["k"], "system": r["system"], "text": r["text"]} for r in done), key=lambda r: r["k"]
+        ),
     }
 
 
@@ -171,9 +180,10 @@ def same_as_alone(levels: list[dict[str, Any]]) -> dict[str, str]:
 
 
 @torch.inference_mode()
-def mixed_vs_grouped(targets: list[Path], asked: list[str], steps: int) -> dict[str, float]:
-    """Median seconds of one decode step of 4 rows (2 per adapter): one mixed-adapter forward vs one forward
-    per adapter with peft's `set_adapter`, alternated on the same prefilled caches."""
+def adapters_in_one_step(targets: list[Path], asked: list[str], repeats: int) -> dict[str, dict[str, float]]:
+    """Seconds of one decode step of 4 prefilled rows, three ways, alternated (after one untimed round):
+    2 + 2 rows of two adapters as one mixed-adapter forward or as one forward per adapter, and 4 rows of one
+    adapter through peft's active adapter. Min and median over `repeats`."""
     from transformers import DynamicCache
 
     from ftkit.evaluation.inference import left_pad
@@ -203,41 +213,56 @@ def mixed_vs_grouped(targets: list[Path], asked: list[str], steps: int) -> dict[
         )
 
     def grouped() -> None:
-        for adapter in ("alpha", "beta"):
-            model.set_adapter(deployment.adapters[adapter])
-            step([row for row, name in enumerate(names) if name == deployment.adapters[adapter]])
+        for adapter in dict.fromkeys(names):
+            model.set_adapter(adapter)
+            step([row for row, name in enumerate(names) if name == adapter])
 
-    times: dict[str, list[float]] = {"mixed": [], "grouped": []}
-    for _ in range(steps):
-        for way, run in (("mixed", lambda: step([0, 1, 2, 3], adapter_names=names)), ("grouped", grouped)):
+    def one_adapter() -> None:
+        model.set_adapter(names[0])
+        step([0, 1, 2, 3])
+
+    ways = {"mixed": lambda: step([0, 1, 2, 3], adapter_names=names), "grouped": grouped, "one adapter": one_adapter}
+    times: dict[str, list[float]] = {way: [] for way in ways}
+    for round_ in range(repeats + 1):
+        for way, run in ways.items():
             started = time.perf_counter()
             run()
-            times[way].append(time.perf_counter() - started)
-    return {f"{way}_step_s": statistics.median(values) for way, values in times.items()}
+            if round_:
+                times[way].append(time.perf_counter() - started)
+    return {way: {"min_s": min(values), "median_s": statistics.median(values)} for way, values in times.items()}
 
 
 def table(result: dict[str, Any]) -> str:
-    levels, one = result["levels"], result["levels"][0]
     lines = [
-        "| clients | requests | completion tokens | wall s | tokens/s | vs 1 client | TTFT p50 s | TTFT p95 s "
-        "| latency p50 s | latency p95 s | p95 / 1-client p50 | same answer as alone |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | clients | requests | completion tokens | wall s | tokens/s | vs 1 client | TTFT p50 s "
+        "| TTFT p95 s | latency p50 s | latency p95 s | p95 / 1-client p50 | same answer as alone |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for level in levels:
-        same = result["same_as_alone"].get(str(level["clients"]), "-")
-        lines.append(
-            f"| {level['clients']} | {level['requests']} | {level['tokens']} | {level['wall_s']:.1f} "
-            f"| {level['tokens_per_s']:.1f} | {level['tokens_per_s'] / one['tokens_per_s']:.2f}x "
-            f"| {level['ttft_p50_s']:.2f} | {level['ttft_p95_s']:.2f} | {level['latency_p50_s']:.2f} "
-            f"| {level['latency_p95_s']:.2f} | {level['latency_p95_s'] / one['latency_p50_s']:.2f}x | {same} |"
-        )
-    steps = result["adapters_in_one_step"]
-    lines.append(
-        f"\nOne decode step, 4 rows over 2 adapters (median of {result['settings']['step_repeats']}): mixed-adapter "
-        f"batch {steps['mixed_step_s'] * 1000:.0f} ms, grouped per adapter {steps['grouped_step_s'] * 1000:.0f} ms."
-    )
+    for scenario, run in result["scenarios"].items():
+        one = run["levels"][0]
+        for level in run["levels"]:
+            same = run["same_as_alone"].get(str(level["clients"]), "-")
+            lines.append(
+                f"| {scenario} | {level['clients']} | {level['requests']} | {level['tokens']} | {level['wall_s']:.1f} "
+                f"| {level['tokens_per_s']:.1f} | {level['tokens_per_s'] / one['tokens_per_s']:.2f}x "
+                f"| {level['ttft_p50_s']:.2f} | {level['ttft_p95_s']:.2f} | {level['latency_p50_s']:.2f} "
+                f"| {level['latency_p95_s']:.2f} | {level['latency_p95_s'] / one['latency_p50_s']:.2f}x | {same} |"
+            )
+    lines += [
+        "",
+        f"One decode step of 4 rows (min / median of {result['settings']['step_repeats']}, alternated):",
+        "",
+        "| rows | way | min ms | median ms |",
+        "|---|---|---|---|",
+    ]
+    rows = {"mixed": "2 alpha + 2 beta", "grouped": "2 alpha + 2 beta", "one adapter": "4 alpha"}
+    for way, timing in result["adapters_in_one_step"].items():
+        lines.append(f"| {rows[way]} | {way} | {timing['min_s'] * 1000:.0f} | {timing['median_s'] * 1000:.0f} |")
     load = result["load_average_before"]
-    lines.append(f"Load average before the run: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min).")
+    threads = result["settings"]["torch_threads"] or "torch's default"
+    lines.append(
+        f"\nLoad average before the run: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min); server torch threads: {threads}."
+    )
     return "\n".join(lines)
 
 
@@ -247,32 +272,41 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32, help="max_tokens of every request")
     parser.add_argument("--level-seconds", type=float, default=180, help="no request starts later in a level")
     parser.add_argument("--step-repeats", type=int, default=7, help="timed decode steps per way")
+    parser.add_argument("--scenarios", default="one,mixed", help=f"comma-separated, from {','.join(SCENARIOS)}")
+    parser.add_argument("--torch-threads", type=int, help="the server's OMP_NUM_THREADS (default: torch's choice)")
     args = parser.parse_args()
 
     asked = questions(16)
     load = os.getloadavg()
+    scenarios: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ftkit-serve-load-") as scratch:
         targets = make_adapters(Path(scratch))
         port = free_port()
         log = Path(scratch) / "server.log"
-        server = start_server(targets, port, args.max_tokens, log)
+        server = start_server(targets, port, args.max_tokens, args.torch_threads, log)
         url = f"http://127.0.0.1:{port}"
         try:
-            run_level(url, 1, 1, args.max_tokens, asked, args.level_seconds)  # warm-up, not reported
-            levels = [
-                run_level(url, c, max(args.requests, c), args.max_tokens, asked, args.level_seconds) for c in LEVELS
-            ]
+            run_level(url, 1, 1, SCENARIOS["mixed"], asked, args)  # warm-up, not reported
+            for scenario in args.scenarios.split(","):
+                systems = SCENARIOS[scenario]
+                levels = [run_level(url, c, max(args.requests, c), systems, asked, args) for c in LEVELS]
+                scenarios[scenario] = {
+                    "systems": list(systems),
+                    "levels": levels,
+                    "same_as_alone": same_as_alone(levels),
+                }
         finally:
             server.terminate()
             server.wait(timeout=30)
-        adapters = mixed_vs_grouped(targets, asked, args.step_repeats)
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
+        steps = adapters_in_one_step(targets, asked, args.step_repeats)
     result = {
-        "settings": vars(args) | {"model": "default, 4-bit NF4", "systems": list(SYSTEMS)},
+        "settings": vars(args) | {"model": "default, 4-bit NF4"},
         "machine": machine(),
         "load_average_before": load,
-        "levels": levels,
-        "same_as_alone": same_as_alone(levels),
-        "adapters_in_one_step": adapters,
+        "scenarios": scenarios,
+        "adapters_in_one_step": steps,
     }
     text = table(result)
     write_results("serve_load", result, text)

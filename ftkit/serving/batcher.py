@@ -246,9 +246,9 @@ def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator)
     warpers, from the request's generator."""
     from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
-    scores = TemperatureLogitsWarper(sampling.temperature)(None, logits.float().unsqueeze(0))  # type: ignore[arg-type]
+    scores = TemperatureLogitsWarper(sampling.temperature)(None, logits.float().unsqueeze(0))
     if sampling.top_p < 1:
-        scores = TopPLogitsWarper(sampling.top_p)(None, scores)  # type: ignore[arg-type]
+        scores = TopPLogitsWarper(sampling.top_p)(None, scores)
     probs = torch.softmax(scores, dim=-1)
     return torch.multinomial(probs.cpu(), 1, generator=generator)[0, 0]
 

@@ -49,7 +49,9 @@ def run_chat(
         if line.startswith("/"):
             command(line, conversation)
         elif line.strip():
-            answer(deployment, name, conversation, line, Sampling(max_new_tokens=max_new_tokens, temperature=temperature))
+            answer(
+                deployment, name, conversation, line, Sampling(max_new_tokens=max_new_tokens, temperature=temperature)
+            )
 
 
 def command(line: str, conversation: runtime.Conversation) -> None:

@@ -30,7 +30,9 @@ def client(base_url: str) -> OpenAI:
 
 
 def complete(client: OpenAI, model: str, **kwargs):
-    return client.chat.completions.create(model=model, **{"messages": HELLO, "max_tokens": 8, "temperature": 0, **kwargs})
+    return client.chat.completions.create(
+        model=model, **{"messages": HELLO, "max_tokens": 8, "temperature": 0, **kwargs}
+    )
 
 
 def test_models_lists_the_base_and_each_adapter_by_run_name(client: OpenAI) -> None:
@@ -80,7 +82,7 @@ def test_sampling_with_a_seed_is_reproducible(client: OpenAI) -> None:
 
 
 def test_concurrent_greedy_answers_equal_sequential_ones_and_keep_their_adapter(client: OpenAI, deployment) -> None:
-    asks = [
+    asks: list[tuple[str, list[ChatCompletionMessageParam]]] = [
         (name, [{"role": "user", "content": question}])
         for name, question in [
             ("alpha", "Hi"),
