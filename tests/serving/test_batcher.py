@@ -17,6 +17,7 @@ import torch
 
 from ftkit.serving import runtime
 from ftkit.serving.batcher import Batcher, Job, Sampling, eos_ids
+from ftkit.serving.stream import ReplyStream
 
 QUESTIONS = [
     "Hi",
@@ -158,3 +159,28 @@ def test_a_job_cancelled_before_it_runs_ends_without_tokens(deployment, batcher)
     batcher.submit(waiting)
     finish(waiting)
     assert waiting.tokens == [] and batcher.widest == 0
+
+
+def test_a_stop_string_ends_its_row_and_not_the_others(deployment, batcher) -> None:
+    prompt, other = prompt_of(deployment, QUESTIONS[1]), prompt_of(deployment, QUESTIONS[3])
+    full = deployment.tokenizer.decode(alone(deployment, "beta", prompt, 20), skip_special_tokens=True)
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    expected_other = alone(deployment, "alpha", other, 30)
+    beside = Collected().job(deployment, "alpha", other, Sampling(max_new_tokens=30))
+    batcher.submit(beside)
+    stream = ReplyStream(batcher, prompt, Sampling(max_new_tokens=20, stop=(stop,)), adapter="beta")
+    assert "".join(stream) == full[: full.index(stop)] == stream.reply.text
+    finish(beside)
+    assert stream.reply.finish_reason == "stop" and stream.reply.completion_tokens < 20
+    assert beside.tokens == expected_other and batcher.widest == 2
+
+
+def test_a_failing_step_fails_its_batch_and_the_loop_serves_the_next_request(deployment, batcher) -> None:
+    broken = Collected().job(deployment, "base", [len(deployment.tokenizer) + 10**6], Sampling(max_new_tokens=4))
+    batcher.submit(broken)
+    assert broken.done.wait(timeout=60) and isinstance(broken.error, IndexError)
+    prompt = prompt_of(deployment, "Hi")
+    after = Collected().job(deployment, "alpha", prompt, Sampling(max_new_tokens=4))
+    batcher.submit(after)
+    finish(after)
+    assert after.tokens == alone(deployment, "alpha", prompt, 4)
