@@ -127,7 +127,7 @@ def can_run_trl() -> bool:
 def one_request(run: Path) -> dict[str, Any]:
     """One chat completion through the server's app when fastapi is there, else through its runtime."""
     from ftkit.serving import runtime
-    from ftkit.serving.stream import ReplyStream, Sampling
+    from ftkit.serving.batcher import Sampling
     from ftkit.serving.targets import resolve_targets
 
     targets, base = resolve_targets([run])
@@ -138,14 +138,9 @@ def one_request(run: Path) -> dict[str, Any]:
 
         from ftkit.serving.server import create_app
     except ImportError:
-        with deployment.use(targets[0].name):
-            stream = ReplyStream(
-                deployment.model,
-                deployment.tokenizer,
-                runtime.prompt_ids(deployment.tokenizer, messages),
-                Sampling(max_new_tokens=8),
-            )
-            "".join(stream)
+        prompt = runtime.prompt_ids(deployment.tokenizer, messages)
+        stream = deployment.reply(targets[0].name, prompt, Sampling(max_new_tokens=8))
+        "".join(stream)
         return {"via": "runtime", "completion_tokens": stream.reply.completion_tokens}
     response = TestClient(create_app(deployment)).post(
         "/v1/chat/completions", json={"model": targets[0].name, "messages": messages, "max_tokens": 8}

@@ -440,8 +440,9 @@ serve the base model and adapters over an OpenAI-compatible HTTP API
 
 Serve one base model and any number of adapters trained on it through an OpenAI-compatible API: POST
 /v1/chat/completions (streamed with "stream": true, or not), GET /v1/models, GET /health. A
-request's "model" picks the system: "base" (adapters off) or an adapter by its run's name. Requests
-are answered one at a time. Bodies over 1 MB get 413, other bad requests 400/404 with an
+request's "model" picks the system: "base" (adapters off) or an adapter by its run's name. Concurrent
+requests are decoded together (continuous batching, up to 16 at a time, adapters mixed in one
+batch). Bodies over 1 MB get 413, other bad requests 400/404 with an
 OpenAI-style error; when the environment variable named by --api-key-env is set, requests need
 'Authorization: Bearer <key>' (401 otherwise).
 

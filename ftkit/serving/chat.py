@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ftkit.errors import FtkitError
 from ftkit.serving import runtime
-from ftkit.serving.stream import ReplyStream, Sampling
+from ftkit.serving.batcher import Sampling
 from ftkit.serving.targets import resolve_targets
 
 HELP = """commands: /system TEXT  set the system prompt (empty TEXT removes it)
@@ -35,27 +35,23 @@ def run_chat(
     name = deployment.names[-1]  # the adapter, or the base for a model folder
     conversation = runtime.Conversation(system=system)
     print(f"chatting with {name} (context {deployment.context} tokens)\n{HELP}", file=sys.stderr)
-    with deployment.use(name):
-        while True:
-            try:
-                line = input("you> ")
-            except EOFError:
-                print(file=sys.stderr)
-                return 0
-            except KeyboardInterrupt:
-                print("\n(/exit or Ctrl-D quits)", file=sys.stderr)
-                continue
-            if line.strip() == "/exit":
-                return 0
-            if line.startswith("/"):
-                command(line, conversation)
-            elif line.strip():
-                answer(
-                    deployment,
-                    conversation,
-                    line,
-                    Sampling(max_new_tokens=max_new_tokens, temperature=temperature),
-                )
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print("\n(/exit or Ctrl-D quits)", file=sys.stderr)
+            continue
+        if line.strip() == "/exit":
+            return 0
+        if line.startswith("/"):
+            command(line, conversation)
+        elif line.strip():
+            answer(
+                deployment, name, conversation, line, Sampling(max_new_tokens=max_new_tokens, temperature=temperature)
+            )
 
 
 def command(line: str, conversation: runtime.Conversation) -> None:
@@ -75,7 +71,9 @@ def command(line: str, conversation: runtime.Conversation) -> None:
         print(HELP, file=sys.stderr)
 
 
-def answer(deployment: runtime.Deployment, conversation: runtime.Conversation, text: str, sampling: Sampling) -> None:
+def answer(
+    deployment: runtime.Deployment, name: str, conversation: runtime.Conversation, text: str, sampling: Sampling
+) -> None:
     """Stream one reply to stdout and keep it in the conversation; Ctrl-C keeps what was said so far."""
     conversation.add("user", text)
     prompt = runtime.prompt_ids(deployment.tokenizer, conversation.messages())
@@ -88,12 +86,7 @@ def answer(deployment: runtime.Deployment, conversation: runtime.Conversation, t
             file=sys.stderr,
         )
         return
-    stream = ReplyStream(
-        deployment.model,
-        deployment.tokenizer,
-        prompt,
-        replace(sampling, max_new_tokens=min(sampling.max_new_tokens, room)),
-    )
+    stream = deployment.reply(name, prompt, replace(sampling, max_new_tokens=min(sampling.max_new_tokens, room)))
     print("assistant> ", end="", flush=True)
     stopped, pieces = False, iter(stream)
     try:

@@ -1,18 +1,20 @@
 """What `ftkit chat` and `ftkit serve` share once the targets are known: one loaded base model with
-its adapters, switched per reply, and the conversation rendered by the tokenizer's chat template.
+its adapters, chosen per reply, and the conversation rendered by the tokenizer's chat template.
 
-Each adapter sits on the one base under its run's name; the base answers with the adapters disabled.
-Replies themselves are streamed by `ftkit.serving.stream`.
+Each adapter sits on the one base under its run's name; the base answers with the adapters off.
+Replies are decoded by one `Batcher` per deployment (concurrent replies share its batches, each row
+with its own adapter) and read through `ftkit.serving.stream`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ftkit.recipe import ModelConfig
+from ftkit.serving.batcher import Batcher, Sampling
+from ftkit.serving.stream import ReplyStream
 from ftkit.serving.targets import BASE_NAME, DeployError, Target
 
 
@@ -24,23 +26,18 @@ class Deployment:
     tokenizer: Any
     adapters: dict[str, str | None]  # public name -> peft adapter name (None: the base, adapters off)
     context: int  # tokens the model attends to, prompt + reply
+    batcher: Batcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.batcher = Batcher(self.model, self.tokenizer)
 
     @property
     def names(self) -> list[str]:
         return list(self.adapters)
 
-    @contextmanager
-    def use(self, name: str) -> Iterator[None]:
-        """Make `name` the active system. peft keeps one active adapter per model, so callers
-        serialise replies: this switches global state."""
-        adapter = self.adapters[name]
-        if adapter is None:
-            has_adapters = any(self.adapters.values())  # then the model is a PeftModel
-            with self.model.disable_adapter() if has_adapters else nullcontext():
-                yield
-        else:
-            self.model.set_adapter(adapter)
-            yield
+    def reply(self, name: str, prompt: list[int], sampling: Sampling) -> ReplyStream:
+        """The reply of system `name` to `prompt`, decoded alongside any other replies in flight."""
+        return ReplyStream(self.batcher, prompt, sampling, adapter=self.adapters[name])
 
 
 def load(targets: Sequence[Target], base: ModelConfig) -> Deployment:

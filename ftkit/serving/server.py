@@ -5,14 +5,14 @@ server-sent events or not) answers with the system named by the request's `model
 lists them. Every error, including FastAPI's own validation errors, has OpenAI's shape
 `{"error": {"message", "type", "param", "code"}}`, so OpenAI clients show the message.
 
-Replies are generated one at a time: peft's active adapter is global state of the one loaded
-model, so an `asyncio.Lock` serialises requests while generation runs in worker threads and the
-event loop stays free for health checks and for queueing.
+Concurrent requests are decoded together: the deployment's `Batcher` runs every reply in flight
+as a row of one batch, each row with its own adapter, seed and stop strings, in one decode thread.
+Handlers only wait for text (in worker threads), so the event loop stays free for health checks,
+new connections and validation.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import ipaddress
 import json
@@ -32,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ftkit.errors import FtkitError
 from ftkit.serving import runtime
-from ftkit.serving.stream import Reply, ReplyStream, Sampling
+from ftkit.serving.batcher import Sampling
+from ftkit.serving.stream import Reply, ReplyStream
 from ftkit.serving.targets import resolve_targets
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,6 @@ def create_app(deployment: runtime.Deployment, *, api_key: str | None = None, li
     from starlette.exceptions import HTTPException
 
     limits = limits or Limits()
-    lock = asyncio.Lock()
     started = int(time.time())
     app = FastAPI(title="ftkit serve", max_body_size=limits.max_body_bytes)
 
@@ -223,20 +223,13 @@ def create_app(deployment: runtime.Deployment, *, api_key: str | None = None, li
                 code="model_not_found",
             )
         prompt = render(deployment, request)
-        stream = ReplyStream(
-            deployment.model,
-            deployment.tokenizer,
-            prompt,
-            sampling_for(request, len(prompt), deployment.context, limits),
-        )
+        stream = deployment.reply(request.model, prompt, sampling_for(request, len(prompt), deployment.context, limits))
         completion = Completion(request.model)
         if request.stream:
             usage = bool(request.stream_options and request.stream_options.include_usage)
-            events = sse(lock, deployment, request.model, stream, completion, usage)
+            events = sse(request.model, stream, completion, usage)
             return StreamingResponse(events, media_type="text/event-stream")
-        async with lock:
-            with deployment.use(request.model):
-                await run_in_threadpool(lambda: list(stream))
+        await run_in_threadpool(lambda: list(stream))
         log_reply(request.model, stream.reply)
         return completion.whole(stream.reply)
 
@@ -326,39 +319,31 @@ def event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-async def sse(
-    lock: asyncio.Lock,
-    deployment: runtime.Deployment,
-    name: str,
-    stream: ReplyStream,
-    completion: Completion,
-    include_usage: bool,
-) -> AsyncIterator[str]:
+async def sse(name: str, stream: ReplyStream, completion: Completion, include_usage: bool) -> AsyncIterator[str]:
     """The reply as server-sent events, ending with `data: [DONE]`.
 
     A client that disconnects cancels this generator while a worker thread waits for the next
-    token; closing the reply stream then stops generation, so the next request is not kept waiting.
+    token; closing the reply stream then takes its row out of the batch, so the decode steps of
+    the other replies no longer pay for it.
     """
     import anyio
     from starlette.concurrency import iterate_in_threadpool
 
-    async with lock:
-        with deployment.use(name):
-            pieces = iter(stream)
-            try:
-                yield completion.chunk({"role": "assistant", "content": ""})
-                async for piece in iterate_in_threadpool(pieces):
-                    yield completion.chunk({"content": piece})
-                yield completion.chunk({}, stream.reply.finish_reason)
-                if include_usage:
-                    yield completion.usage_chunk(stream.reply)
-                log_reply(name, stream.reply)
-            except Exception:  # headers are sent: the client learns of the failure in the stream
-                log.exception("generation failed")
-                yield event(ApiError(500, "the server failed to answer; see its log", kind="server_error").body())
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(pieces.close)
+    pieces = iter(stream)
+    try:
+        yield completion.chunk({"role": "assistant", "content": ""})
+        async for piece in iterate_in_threadpool(pieces):
+            yield completion.chunk({"content": piece})
+        yield completion.chunk({}, stream.reply.finish_reason)
+        if include_usage:
+            yield completion.usage_chunk(stream.reply)
+        log_reply(name, stream.reply)
+    except Exception:  # headers are sent: the client learns of the failure in the stream
+        log.exception("generation failed")
+        yield event(ApiError(500, "the server failed to answer; see its log", kind="server_error").body())
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(pieces.close)
     yield "data: [DONE]\n\n"
 
 

@@ -197,7 +197,7 @@ def test_chat_and_serve_render_the_prompt_the_model_was_trained_on(name: str, fa
     from ftkit.data.encoding import end_of_turn_id
     from ftkit.recipe import load_recipe
     from ftkit.serving import runtime
-    from ftkit.serving.stream import ReplyStream, Sampling, eos_ids
+    from ftkit.serving.batcher import Sampling, eos_ids
     from ftkit.serving.targets import resolve_targets
 
     run = family_run(name)
@@ -210,9 +210,8 @@ def test_chat_and_serve_render_the_prompt_the_model_was_trained_on(name: str, fa
     example = chat.make_example({"messages": messages}, "test:row 1")
     assert runtime.prompt_ids(tokenizer, messages[:-1]) == chat.probe(example, tokenizer).prompt
     assert end_of_turn_id(tokenizer) in eos_ids(deployment.model, tokenizer)
-    with deployment.use(targets[0].name):
-        stream = ReplyStream(deployment.model, tokenizer, runtime.prompt_ids(tokenizer, messages[:-1]), Sampling(4))
-        "".join(stream)
+    stream = deployment.reply(targets[0].name, runtime.prompt_ids(tokenizer, messages[:-1]), Sampling(4))
+    "".join(stream)
     assert stream.reply.completion_tokens >= 1
 
 

@@ -23,11 +23,19 @@ KEY = "test-key-123"
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[str]:
+def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> runtime.Deployment:
+    """The tiny Llama with adapter `alpha` (a run directory) and `beta` (an adapter folder), computing in
+    float32: with random weights, logits tie within bf16 rounding often enough that greedy replies could
+    differ between any two ways of computing them (even `generate` with and without its KV cache)."""
     root = tmp_path_factory.mktemp("serve")
     alpha = make_run(root, tiny_model_dir, "alpha", seed=1)
     beta = make_adapter(root / "beta", tiny_model_dir, seed=2)
-    deployment = runtime.load(*resolve_targets([alpha, beta]))
+    targets, base = resolve_targets([alpha, beta])
+    return runtime.load(targets, base.model_copy(update={"compute_dtype": "float32"}))
+
+
+@pytest.fixture(scope="module")
+def base_url(deployment: runtime.Deployment) -> Iterator[str]:
     app = create_app(deployment, api_key=KEY, limits=Limits(max_new_tokens=32, max_body_bytes=20_000))
     sock = bind("127.0.0.1", 0)
     uvicorn_server = server(app, log_level="warning")

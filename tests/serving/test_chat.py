@@ -11,7 +11,7 @@ import pytest
 
 from ftkit.cli import main
 from ftkit.serving import runtime
-from ftkit.serving.stream import ReplyStream, Sampling
+from ftkit.serving.batcher import Sampling
 from ftkit.serving.targets import resolve_targets
 from tests.tiny_adapters import make_run
 
@@ -136,11 +136,11 @@ def test_conversation_messages_and_prompt_after_reset(tokenizer) -> None:
 def test_a_reply_stream_stops_when_cancelled(tiny_model_dir: Path) -> None:
     deployment = runtime.load(*resolve_targets([tiny_model_dir]))
     prompt = runtime.prompt_ids(deployment.tokenizer, [{"role": "user", "content": "Hi"}])
-    stream = ReplyStream(deployment.model, deployment.tokenizer, prompt, Sampling(max_new_tokens=200))
+    stream = deployment.reply("base", prompt, Sampling(max_new_tokens=200))
     pieces = iter(stream)
     next(pieces)
     stream.cancel()
     list(pieces)
     assert 0 < stream.reply.completion_tokens < 200
-    whole = ReplyStream(deployment.model, deployment.tokenizer, prompt, Sampling(max_new_tokens=5))
+    whole = deployment.reply("base", prompt, Sampling(max_new_tokens=5))
     assert "".join(whole) == whole.reply.text and whole.reply.completion_tokens == 5 and whole.reply.tokens_per_s > 0

@@ -30,7 +30,9 @@ def client(base_url: str) -> OpenAI:
 
 
 def complete(client: OpenAI, model: str, **kwargs):
-    return client.chat.completions.create(model=model, messages=HELLO, **{"max_tokens": 8, "temperature": 0, **kwargs})
+    return client.chat.completions.create(
+        model=model, **{"messages": HELLO, "max_tokens": 8, "temperature": 0, **kwargs}
+    )
 
 
 def test_models_lists_the_base_and_each_adapter_by_run_name(client: OpenAI) -> None:
@@ -79,13 +81,27 @@ def test_sampling_with_a_seed_is_reproducible(client: OpenAI) -> None:
     assert first.choices[0].message.content == second.choices[0].message.content
 
 
-def test_concurrent_requests_are_serialised_and_keep_their_adapter(client: OpenAI) -> None:
-    expected = {name: complete(client, name).choices[0].message.content for name in ("alpha", "beta")}
-    names = ["alpha", "beta"] * 2
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        streams = list(pool.map(lambda name: list(complete(client, name, stream=True)), names))
-    for name, chunks in zip(names, streams, strict=True):
-        assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected[name]
+def test_concurrent_greedy_answers_equal_sequential_ones_and_keep_their_adapter(client: OpenAI, deployment) -> None:
+    asks: list[tuple[str, list[ChatCompletionMessageParam]]] = [
+        (name, [{"role": "user", "content": question}])
+        for name, question in [
+            ("alpha", "Hi"),
+            ("beta", "Where is my parcel? It is two weeks late."),
+            ("base", "Can I change the address?"),
+            ("alpha", "My card was charged twice for one order. What now?"),
+        ]
+    ]
+
+    def answer(ask: tuple[str, list[ChatCompletionMessageParam]]) -> str:
+        chunks = complete(client, ask[0], messages=ask[1], max_tokens=32, stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in chunks)
+
+    sequential = [answer(ask) for ask in asks]
+    deployment.batcher.widest = 0
+    with ThreadPoolExecutor(max_workers=len(asks)) as pool:
+        concurrent = list(pool.map(answer, asks))
+    assert concurrent == sequential
+    assert deployment.batcher.widest >= 2, "the requests shared decode steps"
 
 
 def error_of(response: httpx.Response, status: int) -> dict:
