@@ -102,6 +102,7 @@ def train_and_evaluate(
             f"trained {summary['steps']} steps in {summary['train_wall_s']} s: final loss {summary['train_loss']}, "
             f"{summary['tokens_per_s']} tokens/s, peak memory {summary['peak_rss_mb']} MB; adapter -> {run.adapter}"
         )
+        print(f"kept the adapter of step {result.kept.step}: {result.kept.reason} ({run.kept})")
         if not evaluate:
             return 0
         if distributed.shards_parameters():
@@ -145,6 +146,8 @@ def training_summary(result: TrainResult) -> dict[str, Any]:
         "peak_rss_mb": round(peak_rss_mb()),
         "lora_mean_abs_change": result.lora_change,
         **result.batch,
+        "kept_step": result.kept.step,
+        "kept_because": result.kept.reason,
     }
 
 
