@@ -212,6 +212,10 @@ class TrainConfig(Section):
     early_stopping: EarlyStoppingConfig | None = Field(
         default=None, description="{patience: K, min_delta: d} on the validation metric; needs keep best/auto"
     )
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="trackers (transformers integrations): tensorboard, mlflow, wandb (offline), ...; none by default",
+    )
 
 
 class EvalConfig(Section):

@@ -288,7 +288,8 @@ def training_arguments(
         prediction_loss_only=True,
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
-        report_to="none",
+        report_to="none",  # the integration callbacks come from ftkit.tracking, attached to runs it opened
+        run_name=recipe.name,
         disable_tqdm=True,
         use_cpu=not on_gpu,
         bf16=on_gpu and dtype == torch.bfloat16,
