@@ -226,6 +226,7 @@ examples:
   ftkit eval recipes/sentiment-smollm2-qlora.yaml --adapter runs/sentiment-smollm2-qlora/adapter
   ftkit eval recipes/sentiment-smollm2-qlora.yaml --adapter A/adapter --adapter B/adapter --split validation
   ftkit eval recipes/sentiment-smollm2-qlora.yaml --adapter runs/x/adapter --data other.csv data.columns.text=sentence
+  ftkit eval recipes/sentiment-smollm2-qlora.yaml --adapter runs/x/adapter --report-to mlflow   (into x's MLflow run)
 """
 
 
@@ -238,13 +239,30 @@ def add_eval(commands: Commands) -> None:
     evaluate.add_argument("--split", choices=["test", "validation"], help="held-out split (default: eval.split)")
     evaluate.add_argument("--data", type=Path, help="evaluate on this file instead of a recipe split")
     evaluate.add_argument("--out", type=Path, help="where to write reports (default: <run dir>/eval)")
+    _report_to_arg(evaluate)
+
+
+def _report_to_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--report-to",
+        nargs="+",
+        default=[],
+        metavar="TRACKER",
+        help="also log to these trackers' runs of the training run (tensorboard, mlflow, wandb; its tracking.json)",
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ftkit.evaluation.workflow import evaluate_adapters
 
     return evaluate_adapters(
-        args.recipe, args.overrides, adapters=args.adapter, split=args.split, data=args.data, out=args.out
+        args.recipe,
+        args.overrides,
+        adapters=args.adapter,
+        split=args.split,
+        data=args.data,
+        out=args.out,
+        report_to=args.report_to,
     )
 
 
@@ -272,12 +290,21 @@ def add_compare(commands: Commands) -> None:
     compare.add_argument(
         "run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="a run directory (runs/<name>) written by ftkit train"
     )
+    _report_to_arg(compare)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from ftkit import tracking
     from ftkit.evaluation.compare import compare_runs
+    from ftkit.runs import RunDir
 
-    print(compare_runs(args.run_dirs))
+    for folder in args.run_dirs:
+        tracking.require(RunDir(folder), args.report_to, "--report-to")
+    table = compare_runs(args.run_dirs)
+    print(table)
+    for folder in args.run_dirs if args.report_to else []:
+        with tracking.reopen(RunDir(folder), args.report_to, "--report-to") as trackers:
+            trackers.log_text("compare.txt", table)
     return 0
 
 

@@ -178,6 +178,13 @@ class DataConfig(Section):
         return self
 
 
+class EarlyStoppingConfig(Section):
+    """Stop when the validation metric has not improved by more than `min_delta` in `patience` evaluations."""
+
+    patience: int = Field(ge=1, description="evaluations without improvement before training stops")
+    min_delta: float = Field(default=0.0, ge=0, description="smallest change of the metric that counts as improvement")
+
+
 class TrainConfig(Section):
     epochs: float = Field(default=3, gt=0)
     max_steps: int | None = Field(default=None, ge=1, description="optimizer steps; overrides epochs when set")
@@ -197,6 +204,18 @@ class TrainConfig(Section):
     log_every: int = Field(default=5, ge=1, description="steps between log lines")
     gradient_checkpointing: bool = False
     group_by_length: bool = Field(default=True, description="batch similar lengths together to cut padding")
+    keep: Literal["auto", "best", "last"] = Field(
+        default="auto",
+        description="which adapter the run keeps: 'best' by the validation metric (eval.select_metric), 'last', "
+        "or 'auto' = best when there is a validation split, else last",
+    )
+    early_stopping: EarlyStoppingConfig | None = Field(
+        default=None, description="{patience: K, min_delta: d} on the validation metric; needs keep best/auto"
+    )
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="trackers (transformers integrations): tensorboard, mlflow, wandb (offline), ...; none by default",
+    )
 
 
 class EvalConfig(Section):
@@ -208,6 +227,12 @@ class EvalConfig(Section):
     )
     seed: int = Field(default=0, description="which rows the max_examples sample draws")
     bootstrap: int = Field(default=1000, ge=100, description="resamples for confidence intervals")
+    select_metric: str | None = Field(
+        default=None, description="validation metric computed during training and used by train.keep; default primary"
+    )
+    during_training_examples: int | None = Field(
+        default=None, ge=1, description="validation rows (seeded sample) the metric uses during training; default all"
+    )
 
 
 class OutputConfig(Section):
@@ -239,7 +264,27 @@ class Recipe(Section):
             raise ValueError(
                 f"eval.metrics {unknown} are not metrics of task '{self.task.name}'; choose from {list(known)}"
             )
+        self._check_selection(known)
         return self
+
+    def _check_selection(self, known: Sequence[str]) -> None:
+        """The in-training metric must be the task's; keeping the best or stopping early needs a validation split."""
+        if self.eval.select_metric is not None and self.eval.select_metric not in known:
+            raise ValueError(
+                f"eval.select_metric '{self.eval.select_metric}' is not a metric of task '{self.task.name}'; "
+                f"choose from {list(known)}"
+            )
+        validation = self.data.has_split("validation")
+        if self.train.keep == "best" and not validation:
+            raise ValueError(
+                "train.keep is 'best' but there is no validation split to choose by; "
+                "add data.validation or data.split.validation, or set train.keep: last"
+            )
+        if self.train.early_stopping is not None and (self.train.keep == "last" or not validation):
+            raise ValueError(
+                "train.early_stopping stops on the validation metric and keeps the best adapter: it needs a "
+                "validation split and train.keep best or auto"
+            )
 
     @property
     def run_dir(self) -> Path:

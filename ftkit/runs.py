@@ -4,6 +4,8 @@
 runs/<name>/
   recipe.yaml        fully resolved recipe (absolute paths, all defaults)
   train_log.jsonl    one JSON object per logged step
+  kept.json          which step's adapter was kept and why (train.keep), the validation metric per evaluation
+  tracking.json      the tracker runs it logs to (train.report_to): MLflow run id, W&B id, TensorBoard folder
   launch.json        processes, backend, batch per process, accumulation, effective batch
   checkpoints/       Trainer checkpoints (adapter + optimizer state), for --resume
   adapter/           the final LoRA adapter (peft format, safetensors) + tokenizer
@@ -126,6 +128,8 @@ class RunDir:
     recipe = _Entry("recipe.yaml")
     train_log = _Entry("train_log.jsonl")
     launch = _Entry("launch.json")
+    kept = _Entry("kept.json")
+    tracking = _Entry("tracking.json")
     checkpoints = _Entry("checkpoints")
     adapter = _Entry("adapter")
     metrics = _Entry("metrics.json")

@@ -19,7 +19,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ftkit.runs import write_bytes
+from ftkit.runs import RunDir, write_bytes
 
 DPI = 120
 CI_LABEL = "score (95% CI)"
@@ -43,49 +43,82 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _log_rows(train_log: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a train_log.jsonl; a line a crash left half-written is skipped."""
+    rows = []
+    for line in train_log.read_text(encoding="utf-8").splitlines() if train_log.is_file() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and _finite(row.get("step")):
+            rows.append(row)
+    return rows
+
+
 def read_losses(train_log: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """(training, validation) as (optimizer step, loss) pairs from a run's train_log.jsonl.
 
     The final summary row (it has "train_loss") is skipped, as are non-finite losses and a line a
     crash left half-written. A missing log reads as no rows.
     """
-    train: list[tuple[int, float]] = []
-    validation: list[tuple[int, float]] = []
-    if not train_log.is_file():
-        return train, validation
-    for line in train_log.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(row, dict) or "train_loss" in row or not _finite(row.get("step")):
-            continue
-        if _finite(row.get("loss")):
-            train.append((int(row["step"]), float(row["loss"])))
-        if _finite(row.get("eval_loss")):
-            validation.append((int(row["step"]), float(row["eval_loss"])))
+    rows = [row for row in _log_rows(train_log) if "train_loss" not in row]
+    train = [(int(row["step"]), float(row["loss"])) for row in rows if _finite(row.get("loss"))]
+    validation = [(int(row["step"]), float(row["eval_loss"])) for row in rows if _finite(row.get("eval_loss"))]
     return train, validation
 
 
+def read_kept(train_log: Path) -> dict[str, Any] | None:
+    """The run's kept.json beside its train_log.jsonl (which step's adapter was kept, by which metric), if any."""
+    try:
+        kept = json.loads(RunDir(train_log.parent).kept.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return kept if isinstance(kept, dict) and _finite(kept.get("step")) else None
+
+
+def read_metric(train_log: Path, metric: str) -> list[tuple[int, float]]:
+    """(step, value) of the in-training validation metric (`eval_<metric>` rows), the last row per step: a
+    resumed run logs again the steps after its checkpoint."""
+    key = f"eval_{metric}"
+    by_step = {int(row["step"]): float(row[key]) for row in _log_rows(train_log) if _finite(row.get(key))}
+    return sorted(by_step.items())
+
+
 def loss_curves(train_log: Path, out: Path) -> Path | None:
-    """Plot training and validation loss against optimizer step from runs/<name>/train_log.jsonl.
+    """Plot training and validation loss against optimizer step from runs/<name>/train_log.jsonl and, when
+    the run computed the task's metric during training (kept.json names it), the validation metric below,
+    with the step whose adapter the run kept marked on both.
 
     Returns `out`, or None (and writes nothing) when the log is missing or holds no loss rows.
     """
     train, validation = read_losses(train_log)
     if not train and not validation:
         return None
-    fig = _figure(7.0, 4.2)
-    ax = fig.add_subplot()
+    kept = read_kept(train_log)
+    metric = kept.get("metric") if kept else None
+    curve = read_metric(train_log, metric) if isinstance(metric, str) else []
+    fig = _figure(7.0, 6.6 if curve else 4.2)
+    axes = fig.subplots(2 if curve else 1, 1, sharex=True, squeeze=False)[:, 0]
+    ax = axes[0]
     for rows, label, style in ((train, "training loss", "-"), (validation, "validation loss", "--")):
         if rows:
             steps, losses = zip(*rows)
             ax.plot(steps, losses, style, marker="o", markersize=3.5, linewidth=1.6, label=label)
-    ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(f"Loss: {train_log.parent.name or train_log.name}")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
+    if curve:
+        steps, values = zip(*curve)
+        axes[1].plot(steps, values, "-", marker="o", markersize=3.5, linewidth=1.6, color="C2", label=metric)
+        axes[1].set_ylabel(f"validation {metric}")
+        axes[1].set_title(f"Validation {metric} during training")
+    if kept is not None:
+        for each in axes:
+            each.axvline(kept["step"], color="0.3", linestyle=":", linewidth=1.4, label=f"kept: step {kept['step']}")
+    for each in axes:
+        each.grid(True, alpha=0.3)
+        each.legend()
+    axes[-1].set_xlabel("optimizer step")
     return _save(fig, out)
 
 

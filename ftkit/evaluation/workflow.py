@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ftkit import runs
+from ftkit import runs, tracking
 from ftkit.data.prepared import ready_task
 from ftkit.data.splits import load_split
 from ftkit.errors import FtkitError
 from ftkit.evaluation import evaluator, reports, sample
 from ftkit.models import load_model
-from ftkit.recipe import load_recipe
+from ftkit.recipe import Recipe, load_recipe
 from ftkit.training import adapters
 
 
@@ -23,8 +23,26 @@ def evaluate_adapters(
     split: str | None,
     data: Path | None,
     out: Path | None,
+    report_to: list[str] | None = None,
 ) -> int:
+    """`ftkit eval`; with `report_to`, the metrics and reports are logged to the training run's trackers too
+    (the run the only adapter was trained in, else the recipe's)."""
     recipe = load_recipe(recipe_path, overrides)
+    run = runs.RunDir(recipe.run_dir)
+    tracked = (runs.run_of(adapters[0].resolve()) if len(adapters) == 1 else None) or run
+    with tracking.reopen(tracked, report_to or [], "--report-to") as trackers:
+        return _evaluate(recipe, adapters, split, data, out or run.eval.path, run, trackers)
+
+
+def _evaluate(
+    recipe: Recipe,
+    adapters: list[Path],
+    split: str | None,
+    data: Path | None,
+    out: Path,
+    run: runs.RunDir,
+    trackers: tracking.Session,
+) -> int:
     split = split or recipe.eval.split
     if data is not None and not data.is_file():
         raise FtkitError(f"--data {data}: file not found")
@@ -48,10 +66,8 @@ def evaluate_adapters(
         sample=drawn,
         warnings=notes,
     )
-    run = runs.RunDir(recipe.run_dir)
-    written = reports.write_reports(
-        report, out or run.eval.path, train_log=run.train_log if run.train_log.is_file() else None
-    )
+    written = reports.write_reports(report, out, train_log=run.train_log if run.train_log.is_file() else None)
+    trackers.log_evaluation(reports.to_json(report), written, 0, under="eval")
     print(reports.render_table(report))
     print("reports: " + ", ".join(str(path) for path in written))
     return 0

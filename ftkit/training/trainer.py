@@ -29,7 +29,7 @@ from ftkit.errors import FtkitError
 from ftkit.models import LoadedModel, compute_dtype, load_model
 from ftkit.recipe import Recipe, TrainConfig
 from ftkit.runs import DiskFullError, RunDir, append_jsonl, disk_guard, size_of, staged_dir, write_json, write_manifest
-from ftkit.training import adapters, distributed
+from ftkit.training import adapters, distributed, selection
 
 
 class TrainingError(FtkitError):
@@ -62,8 +62,9 @@ def as_rows(encoded: list[Encoded]) -> list[dict[str, list[int]]]:
 class RunLog(TrainerCallback):
     """Progress bar (loss, tokens/s, ETA) and one JSONL line per logged step, on the main process only."""
 
-    def __init__(self, run: RunDir) -> None:
+    def __init__(self, run: RunDir, metric: str | None = None) -> None:
         self.run = run
+        self.metric = metric  # the in-training validation metric, shown beside the validation loss
         self.bar: tqdm | None = None
         self.started = 0.0
         self.tokens_at_start = 0
@@ -96,11 +97,20 @@ class RunLog(TrainerCallback):
         if self.bar is not None and "loss" in logs:
             self.bar.set_postfix(loss=f"{logs['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
         elif self.bar is not None and "eval_loss" in logs:
-            self.bar.write(f"step {state.global_step}: validation loss {logs['eval_loss']:.4f}")
+            self.bar.write(f"step {state.global_step}: " + describe_validation(logs, self.metric))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def describe_validation(logs: dict[str, float], metric: str | None) -> str:
+    """One evaluation as the progress bar prints it: the loss, and the task's metric with what it cost."""
+    text = f"validation loss {logs['eval_loss']:.4f}"
+    if metric and selection.metric_key(metric) in logs:
+        seconds = logs.get(selection.metric_key(f"{metric}_seconds"), 0.0)
+        text += f", {metric} {logs[selection.metric_key(metric)]:.4f} ({seconds:.1f} s)"
+    return text
 
 
 class NanGuard(TrainerCallback):
@@ -129,6 +139,23 @@ class CompletionLossTrainer(Trainer):
     max_batch_tokens: int | None = (
         None  # padded tokens one forward may hold; more and the batch is split (see training_step)
     )
+    validation_metric: selection.ValidationMetric | None = None  # the task's metric, beside the validation loss
+
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> Any:
+        """The Trainer's loss-only evaluation, plus the task's own metric on the validation examples: the
+        Trainer then logs it, passes it to `on_evaluate` callbacks and selects the best checkpoint by it."""
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self.validation_metric is not None and output.metrics is not None and metric_key_prefix == "eval":
+            found = self.validation_metric(self.model)
+            output.metrics.update({selection.metric_key(name): value for name, value in found.items()})
+        return output
 
     def training_step(
         self, model: Any, inputs: dict[str, torch.Tensor], num_items_in_batch: torch.Tensor | int | None = None
@@ -211,6 +238,7 @@ class TrainResult:
     truncated: int
     lora_change: float | None  # None when FSDP/ZeRO-3 sharded the adapter (no process holds all of it)
     batch: dict[str, int]  # processes, per-device batch, accumulation, effective batch
+    kept: selection.Kept  # which step's adapter `model` holds and was saved, and why
 
 
 def optimizer_arguments(t: TrainConfig) -> dict[str, Any]:
@@ -225,7 +253,10 @@ def optimizer_arguments(t: TrainConfig) -> dict[str, Any]:
     }
 
 
-def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool) -> TrainingArguments:
+def training_arguments(
+    recipe: Recipe, run: RunDir, has_validation: bool, chosen: selection.Plan | None = None
+) -> TrainingArguments:
+    """The recipe as `TrainingArguments`; with a plan, the Trainer tracks the best step by its metric."""
     t = recipe.train
     on_gpu = torch.cuda.is_available()
     dtype = compute_dtype(recipe.model.compute_dtype)
@@ -247,6 +278,9 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool) -> Tra
         logging_nan_inf_filter=False,  # the Trainer would otherwise hide a NaN loss from the NaN guard
         eval_strategy=eval_strategy,
         eval_steps=t.eval_every,
+        metric_for_best_model=chosen.key if chosen else None,
+        greater_is_better=chosen.greater_is_better if chosen else None,
+        restore_callback_states_from_checkpoint=True,  # early stopping's patience counter survives --resume
         save_strategy="steps",
         save_steps=t.save_every,
         save_total_limit=t.keep_checkpoints,
@@ -254,7 +288,8 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool) -> Tra
         prediction_loss_only=True,
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
-        report_to="none",
+        report_to="none",  # the integration callbacks come from ftkit.tracking, attached to runs it opened
+        run_name=recipe.name,
         disable_tqdm=True,
         use_cpu=not on_gpu,
         bf16=on_gpu and dtype == torch.bfloat16,
@@ -275,19 +310,22 @@ def train(
     """Fine-tune the recipe's adapter; the adapter is written to `run.adapter` when done.
 
     `callbacks` are added to ftkit's own (the training benchmark times steps with the same callback
-    it gives the TRL trainer).
+    it gives the TRL trainer; a sweep observes each validation evaluation in `on_evaluate`, where
+    `metrics[selection.metric_key(metric)]` is the task's metric). With `train.keep: best` the model
+    returned and saved holds the best checkpoint's adapter (`TrainResult.kept` says which).
     """
     set_seed(recipe.train.seed)
     prepared.raise_if_fatal()
     train_set, val_set = prepared.encoded["train"], prepared.encoded.get("validation")
+    chosen = selection.plan(recipe, prepared.task, val_set is not None, distributed.shards_parameters())
     # Before the model: under DeepSpeed ZeRO-3 the arguments are what makes `from_pretrained` load it partitioned.
-    args = training_arguments(recipe, run, val_set is not None)
+    args = training_arguments(recipe, run, val_set is not None, chosen if chosen.metric else None)
     batch = _record_launch(args, run)
     loaded: LoadedModel = load_model(recipe.model)
     model = adapters.attach(loaded.model, recipe.adapter, recipe.train.gradient_checkpointing)
     before = adapters.lora_snapshot(model)
 
-    log = RunLog(run)
+    log = RunLog(run, chosen.metric)
     trainer = CompletionLossTrainer(
         model=model,
         args=args,
@@ -295,9 +333,14 @@ def train(
         train_dataset=as_rows(train_set.rows),
         eval_dataset=as_rows(val_set.rows) if val_set else None,
         processing_class=loaded.tokenizer,
-        callbacks=[log, NanGuard(), *callbacks],
+        callbacks=[log, NanGuard(), *selection.callbacks(recipe, chosen), *callbacks],
     )
     trainer.max_batch_tokens = batch_token_budget(train_set.rows, recipe.train.batch_size)
+    if chosen.metric is not None:
+        examples = prepared.splits["validation"].examples
+        trainer.validation_metric = selection.ValidationMetric(
+            recipe, prepared.task, loaded.tokenizer, examples, chosen.metric
+        )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     started = time.perf_counter()
@@ -314,6 +357,8 @@ def train(
         run.drop_incomplete_checkpoints()
         raise
     wall = time.perf_counter() - started
+    state = trainer.state
+    kept = selection.keep_adapter(model, state, chosen, stopped_early=state.global_step < state.max_steps)
     gathered = distributed.gathered_state_dict(trainer)  # every process takes part; None unless sharded
     change = adapters.assert_moved(before, model) if not distributed.shards_parameters() else None
 
@@ -325,6 +370,7 @@ def train(
             model.save_pretrained(stage, state_dict=gathered)
             loaded.tokenizer.save_pretrained(stage)
             write_manifest(stage, {"lineage": lineage.record(recipe, loaded.source, loaded.tokenizer, prepared.splits)})
+        write_json(run.kept, kept.to_json())
     return TrainResult(
         model=model,
         tokenizer=loaded.tokenizer,
@@ -337,6 +383,7 @@ def train(
         truncated=train_set.truncated,
         lora_change=change,
         batch=batch,
+        kept=kept,
     )
 
 

@@ -14,7 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ftkit import lineage, runs
+from ftkit import lineage, runs, tracking
 from ftkit.data.prepared import prepare
 from ftkit.errors import FtkitError
 from ftkit.evaluation import evaluator, reports, sample
@@ -91,17 +91,24 @@ def train_and_evaluate(
             if resume:
                 _check_resume_matches(recipe, run)
                 _check_same_processes(recipe, run, processes)
+            tracking.check(recipe.train.report_to)
             prepared = prepare(recipe)
             prepared.raise_if_fatal()
             runs.prepare(run, overwrite=overwrite, resume=resume)
             runs.write_text(run.recipe, recipe.to_yaml())
         print(f"run directory: {run.path}", file=sys.stderr)
-        result = train(recipe, run, prepared, resume=resume)
+        trackers = held.enter_context(tracking.session(run, recipe.train.report_to))
+        trackers.log_recipe(recipe)
+        result = train(recipe, run, prepared, resume=resume, callbacks=trackers.callbacks())
         summary = training_summary(result)
+        trackers.log_training(summary, run.adapter)
         print(
             f"trained {summary['steps']} steps in {summary['train_wall_s']} s: final loss {summary['train_loss']}, "
             f"{summary['tokens_per_s']} tokens/s, peak memory {summary['peak_rss_mb']} MB; adapter -> {run.adapter}"
         )
+        print(f"kept the adapter of step {result.kept.step}: {result.kept.reason} ({run.kept})")
+        if not evaluate or distributed.shards_parameters():
+            trackers.log_adapter(run.adapter)
         if not evaluate:
             return 0
         if distributed.shards_parameters():
@@ -128,6 +135,8 @@ def train_and_evaluate(
         report.training = summary | {"peak_rss_mb": round(peak_rss_mb())}
         written = reports.write_reports(report, run.path, train_log=run.train_log)
         lineage.add_eval_summary(run.adapter, reports.to_json(report))
+        trackers.log_evaluation(reports.to_json(report), written, result.steps)
+        trackers.log_adapter(run.adapter)
         print(reports.render_table(report))
         print("reports: " + ", ".join(str(path) for path in written))
     return 0
@@ -145,6 +154,8 @@ def training_summary(result: TrainResult) -> dict[str, Any]:
         "peak_rss_mb": round(peak_rss_mb()),
         "lora_mean_abs_change": result.lora_change,
         **result.batch,
+        "kept_step": result.kept.step,
+        "kept_because": result.kept.reason,
     }
 
 

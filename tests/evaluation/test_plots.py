@@ -170,3 +170,18 @@ def test_metric_bars_refuses_empty(tmp_path: Path) -> None:
         plots.metric_bars({}, tmp_path / "bars.png", "t")
     with pytest.raises(ValueError, match="no metrics"):
         plots.metric_bars({"base": {"metrics": {}}}, tmp_path / "bars.png", "t")
+
+
+def test_loss_curves_show_the_validation_metric_and_the_kept_step(tmp_path: Path) -> None:
+    metric_rows = [{"step": 10, "eval_loss": 0.9, "eval_accuracy": 0.7}, {"step": 25, "eval_accuracy": 0.6}]
+    resumed = {"step": 10, "eval_accuracy": 0.8}
+    log = write_log(tmp_path / "run" / "train_log.jsonl", [*TRAIN_ROWS, *metric_rows, resumed])
+    assert plots.read_metric(log, "accuracy") == [(10, 0.8), (25, 0.6)], "the last row per step (a resumed run)"
+    plain = plots.loss_curves(log, tmp_path / "plain.png")
+    (tmp_path / "run" / "kept.json").write_text(json.dumps({"keep": "best", "step": 10, "metric": "accuracy"}))
+    assert plots.read_kept(log) == {"keep": "best", "step": 10, "metric": "accuracy"}
+    marked = plots.loss_curves(log, tmp_path / "marked.png")
+    assert plain is not None and marked is not None
+    assert_png(marked)
+    (_, plain_height), (_, marked_height) = Image.open(plain).size, Image.open(marked).size
+    assert marked_height > plain_height, "a second panel: the validation metric"
