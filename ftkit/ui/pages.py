@@ -16,7 +16,7 @@ from urllib.parse import quote, urlencode
 from ftkit.ui.catalog import Interval, RunSummary
 from ftkit.ui.examples import KINDS, Page, Row
 
-STATE_MARK = {"running": "●", "finished": "✓", "interrupted": "⏸", "failed": "✗"}
+STATE_MARK = {"running": "●", "finished": "✓", "interrupted": "‖", "failed": "✗"}
 
 
 def e(value: Any) -> str:

@@ -54,7 +54,8 @@ def test_run_page_shows_curves_evaluation_plots_recipe_and_lineage(page: Page, u
     loss = page.locator('svg.chart[data-metric="loss"]')
     expect(loss).to_have_attribute("data-points", "4")  # log_every 1, max_steps 4
     for plot in ("metrics.png", "loss_curves.png", "confusion_adapter.png"):
-        page.wait_for_function(f"document.querySelector('img[alt=\\"{plot}\\"]').naturalWidth > 0", timeout=10_000)
+        loaded = "name => [...document.images].some(i => i.alt === name && i.complete && i.naturalWidth > 0)"
+        page.wait_for_function(loaded, arg=plot, timeout=10_000)
     expect(page.locator("#lineage")).to_contain_text("base")
     page.click("#preflight summary")
     expect(page.locator("#preflight pre")).to_contain_text("max_length 96 tokens", timeout=60_000)
