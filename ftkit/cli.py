@@ -517,9 +517,7 @@ examples:
 def add_ui(commands: Commands) -> None:
     ui = _subcommand(commands, cmd_ui, UI_PAGE)
     ui.add_argument("--runs", type=Path, default=Path("runs"), metavar="DIR", help="the runs root (default ./runs)")
-    ui.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)"
-    )
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     ui.add_argument("--port", type=int, default=7860, help="TCP port (default 7860; 0 picks a free one)")
 
 

@@ -29,9 +29,9 @@ from ftkit.errors import FtkitError
 from ftkit.runs import RunDir
 from ftkit.serving import server
 from ftkit.ui import examples, pages
-from ftkit.ui.catalog import Catalog, RunSummary, read_recipe, summarize
+from ftkit.ui.catalog import Catalog, RunSummary, summarize
 from ftkit.ui.chat import Chats
-from ftkit.ui.launcher import LaunchError, Launcher
+from ftkit.ui.launcher import Launcher, LaunchError
 from ftkit.ui.security import COOKIE, HEADER, Guard, Refused, inside, new_token
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def create_app(root: Path, *, token: str, host: str = "127.0.0.1") -> Any:
 
     def run_at(rel: str) -> RunDir:
         path = inside(root, rel)
-        if not (path / "recipe.yaml").is_file():
+        if not (path / "recipe.yaml").is_file() and str(path) not in launcher.launches:  # a launch writes it soon
             raise Refused(404, f"no run directory {rel!r} below the runs root")
         return RunDir(path)
 
@@ -235,7 +235,7 @@ def create_app(root: Path, *, token: str, host: str = "127.0.0.1") -> Any:
             found,
             token=token,
             metrics=metrics,
-            recipe_text=run.recipe.read_text(encoding="utf-8", errors="replace"),
+            recipe_text=run.recipe.read_text(encoding="utf-8", errors="replace") if run.recipe.is_file() else "",
             plots=[p.removeprefix(found.rel + "/") for p in plots],
             lineage=manifest.get("lineage"),
             log_tail=launcher.log_tail(run),

@@ -145,12 +145,13 @@ def _interval(metrics: dict[str, Any], system: str, metric: str) -> Interval | N
 
 
 def exit_code_of(run: RunDir, launches: dict[str, int | None]) -> int | None:
-    """The exit code the UI's launcher recorded for this run, if it started it."""
+    """The exit code the UI's launcher recorded for this run, if it started it (None while it runs)."""
     return launches.get(str(run.path.resolve()))
 
 
 def state_of(run: RunDir, launches: dict[str, int | None]) -> State:
-    if is_running(run):
+    launched_alive = str(run.path.resolve()) in launches and exit_code_of(run, launches) is None
+    if launched_alive or is_running(run):  # a launched process is running before it takes the lock
         return "running"
     if (run.adapter / MANIFEST).is_file():
         return "finished"
@@ -222,7 +223,7 @@ class Catalog:
 
     @staticmethod
     def _key(run: RunDir, launches: dict[str, int | None]) -> tuple[Any, ...]:
-        stamps = []
+        stamps: list[tuple[int, int] | None] = []
         for p in (run.recipe, run.train_log, run.metrics, run.eval.metrics, run.adapter / MANIFEST):
             try:
                 stat = p.stat()

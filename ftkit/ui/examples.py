@@ -4,7 +4,7 @@ Which examples an adapter fixed or broke is decided exactly as report.md decides
 `_changed_examples`): by the per-example scores recorded under "scores" (`Task.example_scores`),
 fixed when the adapter's is higher than the base's, broken when lower, in report.md's order (largest
 change first). Ties are "both right" when both scores are perfect (1), else "both wrong". The file
-is read one line at a time; nothing of it is kept beyond the page asked for.
+is read one line at a time and only the rows that match are kept (to order them).
 """
 
 from __future__ import annotations
@@ -61,11 +61,20 @@ def _rows(path: Path, system: str | None) -> Iterator[Row]:
                 continue
             predictions = {k: v for k, v in data.items() if k not in RESERVED}
             chosen = system if system in predictions else next((k for k in predictions if k != BASE), None)
-            scores = data.get("scores") if isinstance(data.get("scores"), dict) else {}
+            recorded = data.get("scores")
+            scores: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
             kind, change = None, 0.0
             if chosen is not None and isinstance(scores.get(BASE), (int, float)) and chosen in scores:
                 kind, change = kind_of(scores[BASE], scores[chosen]), scores[chosen] - scores[BASE]
-            yield Row(index, str(data.get("where", index)), data.get("input"), data.get("reference"), predictions, kind, change)
+            yield Row(
+                index,
+                str(data.get("where", index)),
+                data.get("input"),
+                data.get("reference"),
+                predictions,
+                kind,
+                change,
+            )
 
 
 def _text(value: Any) -> str:
@@ -83,7 +92,7 @@ def page(path: Path, *, kind: str | None, query: str, number: int, system: str |
 
     Fixed and broken rows come largest change first, as in report.md; the others in file order.
     """
-    counts = dict.fromkeys(KINDS, 0)
+    counts: dict[str, int] = dict.fromkeys(KINDS, 0)
     kept: list[Row] = []
     systems: list[str] = []
     scored = False

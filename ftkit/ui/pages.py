@@ -55,7 +55,9 @@ def significance(run: RunSummary) -> str:
     if not run.significant:
         return f'<span class=ns title="p = {fmt(run.p_value, 3)}">n.s.</span>'
     better = run.difference > 0
-    return f'<span class={"up" if better else "down"} title="p = {fmt(run.p_value, 3)}">{"▲" if better else "▼"}*</span>'
+    return (
+        f'<span class={"up" if better else "down"} title="p = {fmt(run.p_value, 3)}">{"▲" if better else "▼"}*</span>'
+    )
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]], attrs: str = "") -> str:
@@ -98,7 +100,7 @@ def runs_page(runs: list[RunSummary], token: str) -> str:
 
 def metrics_table(metrics: dict[str, Any]) -> str:
     systems = list(metrics.get("systems") or {})
-    names = list((metrics["systems"][systems[0]].get("metrics") or {})) if systems else []
+    names = list(metrics["systems"][systems[0]].get("metrics") or {}) if systems else []
     rows = []
     for name in names:
         cells = [e(name)]
@@ -110,7 +112,9 @@ def metrics_table(metrics: dict[str, Any]) -> str:
                 )
             )
         rows.append(cells)
-    head = f"<p>{e(metrics.get('examples'))} held-out examples ({e(metrics.get('split'))}); 95% bootstrap intervals.</p>"
+    head = (
+        f"<p>{e(metrics.get('examples'))} held-out examples ({e(metrics.get('split'))}); 95% bootstrap intervals.</p>"
+    )
     evaluation = table(["metric", *map(e, systems)], rows, "id=evaluation")
     tests = table(
         ["system", "metric", "difference", "p-value", "test", "significant at 0.05"],
@@ -152,8 +156,9 @@ def run_page(
         else ""
     )
     parts = [
-        f'<p><span id=state class="state {run.state}" data-state="{run.state}">{STATE_MARK[run.state]} {run.state}</span>'
-        f" · task {e(run.task)} · base {e(run.model)} ({e(run.quantization)}) · {links} {stop}</p>",
+        f'<p><span id=state class="state {run.state}" data-state="{run.state}">'
+        f"{STATE_MARK[run.state]} {run.state}</span> · task {e(run.task)} · base {e(run.model)} "
+        f"({e(run.quantization)}) · {links} {stop}</p>",
         f'<h2>Training</h2><div id=charts data-run="{e(run.rel)}" data-state="{run.state}"></div>',
     ]
     if training:
@@ -171,27 +176,34 @@ def run_page(
         parts.append("<h2>Plots</h2><div class=plots>")
         parts += [f'<img alt="{e(p)}" src="/file/{quote(run.rel + "/" + p)}">' for p in plots]
         parts.append("</div>")
-    parts.append(f"<h2>Resolved recipe</h2><details><summary>recipe.yaml</summary><pre>{e(recipe_text)}</pre></details>")
+    parts.append(
+        f"<h2>Resolved recipe</h2><details><summary>recipe.yaml</summary><pre>{e(recipe_text)}</pre></details>"
+    )
     parts.append(
         f'<h2>Pre-flight report</h2><details id=preflight data-src="{url(run.rel, "/preflight")}">'
         "<summary>ftkit data (computed when opened: loads the tokenizer and the data, no weights)</summary>"
         "<pre>…</pre></details>"
     )
     if lineage:
-        parts.append("<h2>Lineage</h2>" + table(["", ""], ([e(k), _value(v)] for k, v in lineage.items()), "id=lineage"))
+        parts.append(
+            "<h2>Lineage</h2>" + table(["", ""], ([e(k), _value(v)] for k, v in lineage.items()), "id=lineage")
+        )
     return layout(run.rel, "".join(parts), token)
 
 
 def _value(value: Any) -> str:
     if isinstance(value, dict):
-        return "<br>".join(f"<small>{e(k)}</small>: {_value(v)}" for k, v in value.items())
+        fields = "<br>".join(f"<small>{e(k)}</small>: {_value(v)}" for k, v in value.items())
+        return fields if len(value) <= 8 else f"<details><summary>{len(value)} fields</summary>{fields}</details>"
     return e(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
 
 
 def _shown(value: Any) -> str:
     """An input, reference or prediction: a conversation as its turns, text as text, anything else as JSON."""
     if isinstance(value, list) and all(isinstance(t, dict) and "role" in t for t in value):
-        return "".join(f'<div class="turn {e(t["role"])}"><b>{e(t["role"])}</b> {e(t.get("content", ""))}</div>' for t in value)
+        return "".join(
+            f'<div class="turn {e(t["role"])}"><b>{e(t["role"])}</b> {e(t.get("content", ""))}</div>' for t in value
+        )
     if isinstance(value, str):
         return f"<pre>{e(value)}</pre>"
     return f"<pre>{e(json.dumps(value, ensure_ascii=False, indent=1))}</pre>"
@@ -222,13 +234,19 @@ def examples_page(run: RunSummary, result: Page, kind: str, query: str, number: 
         "<button>Search</button></form>"
     )
     shown_to = number * 50 + len(result.rows)
-    count = f"<p id=matched>{result.matched} examples match; showing {number * 50 + 1 if result.rows else 0}–{shown_to}.</p>"
+    first = number * 50 + 1 if result.rows else 0
+    count = f"<p id=matched>{result.matched} examples match; showing {first}–{shown_to}.</p>"
     pager = ""
     if shown_to < result.matched:
         pager = f'<p><a href="?{urlencode({"kind": kind, "q": query, "page": number + 1})}">next page</a></p>'
     header = ["where", "input", "reference", *map(e, result.systems), "kind"]
     body = (
-        f'<p><a href="{url(run.rel)}">← run</a> · ' + " · ".join(filters) + "</p>" + note + search + count
+        f'<p><a href="{url(run.rel)}">← run</a> · '
+        + " · ".join(filters)
+        + "</p>"
+        + note
+        + search
+        + count
         + table(header, (_example(r) for r in result.rows), "id=examples")
         + pager
     )
@@ -237,11 +255,14 @@ def examples_page(run: RunSummary, result: Page, kind: str, query: str, number: 
 
 def compare_page(runs: list[RunSummary], chosen: list[str], text: str | None, error: str | None, token: str) -> str:
     boxes = "".join(
-        f'<label><input type=checkbox name=run value="{e(r.rel)}"{" checked" if r.rel in chosen else ""}> {e(r.rel)}</label>'
+        f'<label><input type=checkbox name=run value="{e(r.rel)}"{" checked" if r.rel in chosen else ""}> '
+        f"{e(r.rel)}</label>"
         for r in runs
         if r.base is not None
     )
-    parts = [f"<form method=get id=pick class=picklist>{boxes or 'No evaluated runs yet.'}<button>Compare</button></form>"]
+    parts = [
+        f"<form method=get id=pick class=picklist>{boxes or 'No evaluated runs yet.'}<button>Compare</button></form>"
+    ]
     if error:
         parts.append(f"<p class=error>{e(error)}</p>")
     if text:
@@ -253,26 +274,32 @@ def compare_page(runs: list[RunSummary], chosen: list[str], text: str | None, er
 
 def bar_chart(runs: list[RunSummary]) -> str:
     """Base and adapter bars with CI whiskers per run, as inline SVG (no script, no library)."""
-    width, height, pad, group = 640, 260, 40, 2
-    bars = [(r.rel, name, i) for r in runs for name, i in (("base", r.base), ("adapter", r.adapter)) if i]
-    top = max([1e-9, *(max(i.value, i.high or i.value) for _, _, i in bars)])
+    width, height, pad = 640, 260, 40
+    shown = [(r, name, i) for r in runs for name, i in (("base", r.base), ("adapter", r.adapter)) if i]
+    top = max([1e-9, *(max(i.value, i.high or i.value) for _, _, i in shown)])
     slot = (width - 2 * pad) / max(1, len(runs))
+    bar = slot / 3 - 4
+
+    def y(value: float) -> float:
+        return height - pad - (value / top) * (height - 2 * pad)
+
     out = [f'<svg id=bars viewBox="0 0 {width} {height}" width={width} height={height} role=img>']
+    for r, name, i in shown:
+        x = pad + runs.index(r) * slot + (name == "adapter") * slot / 3 + slot / 6
+        title = f"<title>{e(r.rel)} {name}: {fmt(i.value)}</title>"
+        out.append(
+            f'<rect class="{name}" x="{x:.1f}" y="{y(i.value):.1f}" width="{bar:.1f}" '
+            f'height="{height - pad - y(i.value):.1f}">{title}</rect>'
+        )
+        if i.low is not None and i.high is not None:
+            mid, low, high = x + bar / 2, y(i.low), y(i.high)
+            out.append(
+                f'<path class=ci d="M{mid:.1f} {low:.1f}V{high:.1f}'
+                f'M{mid - 5:.1f} {low:.1f}h10M{mid - 5:.1f} {high:.1f}h10"/>'
+            )
     for index, r in enumerate(runs):
-        for k, (name, i) in enumerate((("base", r.base), ("adapter", r.adapter))):
-            if i is None:
-                continue
-            x = pad + index * slot + k * slot / (group + 1) + slot / 6
-            w = slot / (group + 1) - 4
-
-            def y(v: float) -> float:
-                return height - pad - (v / top) * (height - 2 * pad)
-
-            out.append(f'<rect class="{name}" x="{x:.1f}" y="{y(i.value):.1f}" width="{w:.1f}" height="{height - pad - y(i.value):.1f}"><title>{e(r.rel)} {name}: {fmt(i.value)}</title></rect>')
-            if i.low is not None and i.high is not None:
-                cx = x + w / 2
-                out.append(f'<path class=ci d="M{cx:.1f} {y(i.low):.1f}V{y(i.high):.1f}M{cx - 5:.1f} {y(i.low):.1f}h10M{cx - 5:.1f} {y(i.high):.1f}h10"/>')
-        out.append(f'<text x="{pad + index * slot + slot / 2:.1f}" y="{height - pad + 16}" text-anchor=middle>{e(r.rel)}</text>')
+        center = pad + index * slot + slot / 2
+        out.append(f'<text x="{center:.1f}" y="{height - pad + 16}" text-anchor=middle>{e(r.rel)}</text>')
     out.append(f'<text x="{pad}" y="16">0 – {fmt(top)}; grey base, blue adapter</text></svg>')
     return "".join(out)
 
@@ -281,11 +308,13 @@ def start_page(token: str, values: dict[str, str], problems: Sequence[str]) -> s
     errors = "".join(f"<li>{e(p)}</li>" for p in problems)
 
     def field(name: str, label: str, hint: str) -> str:
-        return f'<label>{label}<br><input name={name} id={name} size=60 value="{e(values.get(name, ""))}" placeholder="{e(hint)}"></label><br>'
+        value = e(values.get(name, ""))
+        box = f'<input name={name} id={name} size=60 value="{value}" placeholder="{e(hint)}">'
+        return f"<label>{label}<br>{box}</label><br>"
 
     mode = values.get("mode", "new")
     modes = "".join(
-        f'<label><input type=radio name=mode value={m}{" checked" if m == mode else ""}> {m}</label> '
+        f"<label><input type=radio name=mode value={m}{' checked' if m == mode else ''}> {m}</label> "
         for m in ("new", "overwrite", "resume")
     )
     body = (
@@ -293,16 +322,20 @@ def start_page(token: str, values: dict[str, str], problems: Sequence[str]) -> s
         + f'<form method=post id=start><input type=hidden name=token value="{e(token)}">'
         + field("recipe", "Recipe file (on this machine)", "recipes/sentiment-smollm2-qlora.yaml")
         + field("name", "Run name (the run goes to &lt;runs root&gt;/NAME)", "sentiment-r8")
-        + f'<label>Overrides, one KEY=VALUE per line<br><textarea name=overrides id=overrides rows=5 cols=60 placeholder="train.max_steps=20&#10;adapter.r=8">{e(values.get("overrides", ""))}</textarea></label><br>'
+        + "<label>Overrides, one KEY=VALUE per line<br><textarea name=overrides id=overrides rows=5 cols=60 "
+        + f'placeholder="train.max_steps=20&#10;adapter.r=8">{e(values.get("overrides", ""))}</textarea></label><br>'
         + f"<p>{modes}</p><button id=submit>Validate and start</button></form>"
-        + "<p><small>The recipe is validated first; training then runs as <code>ftkit train</code> in the background "
-        "and its page shows the progress. Stop keeps the completed checkpoints: start again with <i>resume</i>.</small></p>"
+        + "<p><small>The recipe is validated first; training then runs as <code>ftkit train</code> in the "
+        "background and its page shows the progress. Stop keeps the completed checkpoints: start again with "
+        "<i>resume</i>.</small></p>"
     )
     return layout("Start a run", body, token, "Start a run")
 
 
 def chat_page(run: RunSummary, names: list[str], token: str) -> str:
-    columns = "".join(f'<div class=col><h3>{e(n)}</h3><div class=thread data-system="{e(n)}"></div></div>' for n in names)
+    columns = "".join(
+        f'<div class=col><h3>{e(n)}</h3><div class=thread data-system="{e(n)}"></div></div>' for n in names
+    )
     body = (
         f'<p><a href="{url(run.rel)}">← run</a> · the base model and this run\'s adapter answer the same conversation, '
         "one after the other (greedy, streamed). The first message loads the model.</p>"

@@ -25,7 +25,9 @@ def test_runs_page_lists_every_run_with_its_state_sortable_and_filterable(page: 
     page.goto(ui_url + "/")
     rows = page.locator("#runs tbody tr")
     expect(rows).to_have_count(4)
-    states = {rows.nth(i).locator("td").nth(0).inner_text(): rows.nth(i).locator("td").nth(1).inner_text() for i in range(4)}
+    states = {
+        rows.nth(i).locator("td").nth(0).inner_text(): rows.nth(i).locator("td").nth(1).inner_text() for i in range(4)
+    }
     assert {k: v.split()[-1] for k, v in states.items()} == {
         "broken": "failed",
         "sentiment-r4": "finished",

@@ -156,7 +156,12 @@ def test_a_valid_start_from_this_origin_is_accepted_but_a_bad_recipe_is_shown(gu
     client = TestClient(create_app(guarded, token=TOKEN), base_url=ORIGIN)
     answer = client.post(
         "/new",
-        data={"token": TOKEN, "recipe": str(guarded / "sentiment-r4" / "recipe.yaml"), "name": "x", "overrides": "trian.max_steps=3"},
+        data={
+            "token": TOKEN,
+            "recipe": str(guarded / "sentiment-r4" / "recipe.yaml"),
+            "name": "x",
+            "overrides": "trian.max_steps=3",
+        },
         headers={"Origin": ORIGIN},
     )
     assert answer.status_code == 422 and "trian" in answer.text and "did you mean" in answer.text
@@ -165,7 +170,11 @@ def test_a_valid_start_from_this_origin_is_accepted_but_a_bad_recipe_is_shown(gu
 
 JUNK = ["%", "%zz", "%00", "%ff%fe", "..", "%2e%2e", "\\", "~", "'", '"', "<script>", "a" * 3000, "é", "%c0%af", ";"]
 BAD_BODIES = [b"", b"{", b"[]", b"null", b'{"model": 1}', b'{"model": "base", "messages": "x"}', b"\xff\xfe\x00"]
-BAD_FORMS = [b"token=%ff%fe&name=x", b"token=" + TOKEN.encode() + b"&mode=bogus", b"token=" + TOKEN.encode() + b"&name=../x"]
+BAD_FORMS = [
+    b"token=%ff%fe&name=x",
+    b"token=" + TOKEN.encode() + b"&mode=bogus",
+    b"token=" + TOKEN.encode() + b"&name=../x",
+]
 
 
 def malformed_requests(count: int) -> Iterator[tuple[str, str, bytes]]:
@@ -173,11 +182,23 @@ def malformed_requests(count: int) -> Iterator[tuple[str, str, bytes]]:
     route does not take, a bad chat body or form."""
     rng = random.Random(16)
     kinds = [
-        lambda: ("GET", rng.choice(["/run/", "/file/", "/static/", "/api/run/"]) + "".join(rng.choices(JUNK, k=2)), b""),
+        lambda: (
+            "GET",
+            rng.choice(["/run/", "/file/", "/static/", "/api/run/"]) + "".join(rng.choices(JUNK, k=2)),
+            b"",
+        ),
         lambda: ("GET", "/api/run/sentiment-r4/log?since=" + rng.choice(["-1", "abc", "1e99", "%00", ""]), b""),
-        lambda: ("GET", "/run/sentiment-r4/examples?" + rng.choice(["kind=bogus", "page=-3", "page=x", "q=" + "x" * 600]), b""),
+        lambda: (
+            "GET",
+            "/run/sentiment-r4/examples?" + rng.choice(["kind=bogus", "page=-3", "page=x", "q=" + "x" * 600]),
+            b"",
+        ),
         lambda: ("GET", "/compare?run=" + rng.choice(["../etc", "%00", "missing", "/etc", "sentiment-r4/.."]), b""),
-        lambda: (rng.choice(["PUT", "DELETE", "PATCH"]), rng.choice(["/", "/new", "/run/sentiment-r4", "/api/runs"]), b""),
+        lambda: (
+            rng.choice(["PUT", "DELETE", "PATCH"]),
+            rng.choice(["/", "/new", "/run/sentiment-r4", "/api/runs"]),
+            b"",
+        ),
         lambda: ("POST", "/api/chat/sentiment-r4", rng.choice(BAD_BODIES)),
         lambda: ("POST", "/new", rng.choice(BAD_FORMS)),
         lambda: ("POST", "/run/sentiment-r4/stop", b"token=" + TOKEN.encode()),  # not a run this UI started
