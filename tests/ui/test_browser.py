@@ -5,6 +5,7 @@ Each page is screenshotted into test-artifacts/ui/.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -54,7 +55,9 @@ def test_run_page_shows_curves_evaluation_plots_recipe_and_lineage(page: Page, u
     expect(page.locator("#evaluation tbody tr").first).to_contain_text("accuracy")
     expect(page.locator("#comparisons")).to_contain_text("McNemar")
     loss = page.locator('svg.chart[data-metric="loss"]')
-    expect(loss).to_have_attribute("data-points", "4")  # log_every 1, max_steps 4
+    logged = [row for row in map(json.loads, (ui_root / "sentiment-r4" / "train_log.jsonl").open()) if "loss" in row]
+    expect(loss).to_have_attribute("data-points", str(len(logged)))  # every logged loss is a point
+    assert len(logged) >= 8  # max_steps 16, log_every 2
     for plot in ("metrics.png", "loss_curves.png", "confusion_adapter.png"):
         loaded = "name => [...document.images].some(i => i.alt === name && i.complete && i.naturalWidth > 0)"
         page.wait_for_function(loaded, arg=plot, timeout=10_000)
@@ -68,6 +71,7 @@ def test_examples_filtered_to_broken_are_the_rows_report_md_lists(page: Page, ui
     report = ui_root / "sentiment-r4" / "report.md"
     for kind, word in (("broken", "broke"), ("fixed", "fixed")):
         total, listed = report_lists(report, word)
+        assert total > 0, f"the fixture run {word} no example: the comparison would prove nothing"
         page.goto(ui_url + "/run/sentiment-r4/examples")
         page.click(f"text={kind} ({total})")
         rows = page.locator("#examples tbody tr")
@@ -94,3 +98,18 @@ def test_compare_two_runs_shows_the_compare_table_and_bars_with_cis(page: Page, 
     assert page.locator("#bars rect").count() == 4
     assert page.locator("#bars path.ci").count() == 4
     shoot(page, "compare")
+
+
+def test_chat_streams_the_base_and_the_adapter_side_by_side(page: Page, ui_url: str) -> None:
+    page.goto(ui_url + "/run/sentiment-r4/chat")
+    columns = page.locator(".thread")
+    expect(columns).to_have_count(2)
+    assert [c.get_attribute("data-system") for c in columns.all()] == ["base", "sentiment-r4"]
+    page.fill("#message", "Is this review positive? 'Great value.'")
+    page.click("#send")
+    for column in columns.all():
+        expect(column.locator(".turn.user")).to_have_text("Is this review positive? 'Great value.'")
+        expect(column.locator(".turn.assistant small")).to_contain_text("tokens/s", timeout=60_000)
+    shoot(page, "chat")
+    page.click("#reset")
+    expect(page.locator(".turn")).to_have_count(0)

@@ -192,10 +192,11 @@ function chat() {
         const started = performance.now();
         const reply = await streamReply(rel, system, turns, out);
         turns.push({ role: "assistant", content: reply.text });
+        if (!reply.text) out.textContent = "(an empty reply: the model ended its turn at once)";
         const seconds = (performance.now() - started) / 1000;
         const tokens = reply.usage ? reply.usage.completion_tokens : 0;
         const note = document.createElement("small");
-        note.textContent = " " + tokens + " tokens in " + seconds.toFixed(1) + " s";
+        note.textContent = " " + tokens + " tokens in " + seconds.toFixed(1) + " s (" + (tokens / seconds).toFixed(1) + " tokens/s)";
         out.appendChild(note);
       } catch (error) {
         out.textContent = "error: " + error.message;
