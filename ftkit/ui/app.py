@@ -28,8 +28,9 @@ from starlette.exceptions import HTTPException
 from ftkit.errors import FtkitError
 from ftkit.runs import RunDir
 from ftkit.serving import server
+from ftkit.serving.server import is_loopback
 from ftkit.ui import examples, pages
-from ftkit.ui.catalog import Catalog, RunSummary, summarize
+from ftkit.ui.catalog import Catalog, RunSummary, read_json, summarize
 from ftkit.ui.chat import Chats
 from ftkit.ui.launcher import Launcher, LaunchError
 from ftkit.ui.security import COOKIE, HEADER, Guard, Refused, inside, new_token
@@ -55,7 +56,7 @@ def create_app(root: Path, *, token: str, host: str = "127.0.0.1") -> Any:
     guard = Guard(token=token, host=host)
     catalog, launcher, chats = Catalog(root), Launcher(root), Chats()
     preflights: dict[tuple[Path, float], str] = {}
-    app = FastAPI(title="ftkit ui", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="ftkit ui", docs_url=None, redoc_url=None, openapi_url=None, max_body_size=MAX_BODY)
 
     def refusal(request: Request, status: int, message: str) -> Response:
         if request.url.path.startswith("/api/"):
@@ -227,9 +228,9 @@ def create_app(root: Path, *, token: str, host: str = "127.0.0.1") -> Any:
     def render_run(run: RunDir) -> str:
         found = summary(run)
         folder = run if run.metrics.is_file() else run.eval
-        metrics = _json(folder.metrics)
+        metrics = read_json(folder.metrics)
         plots = sorted(p.relative_to(root).as_posix() for p in (*run.path.glob("*.png"), *run.eval.path.glob("*.png")))
-        manifest = _json(run.adapter / "manifest.json") or {}
+        manifest = read_json(run.adapter / "manifest.json") or {}
         launch = launcher.launches.get(str(run.path))
         return pages.run_page(
             found,
@@ -282,14 +283,6 @@ def create_app(root: Path, *, token: str, host: str = "127.0.0.1") -> Any:
     return app
 
 
-def _json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def read_log(path: Path, since: int) -> tuple[list[dict[str, Any]], int]:
     """The complete JSONL rows written after byte `since`, and the offset to ask from next time."""
     try:
@@ -320,7 +313,7 @@ def preflight_report(run: RunDir) -> str:
 
 def serve_ui(runs: Path, *, host: str, port: int) -> int:
     """`ftkit ui`: check the runs folder, bind, print the address (with the token beyond loopback), serve."""
-    from ftkit.ui.security import TOKEN_ENV, is_loopback
+    from ftkit.ui.security import TOKEN_ENV
 
     if not runs.is_dir():
         raise UiError(f"--runs {runs}: no such folder; train a run first (ftkit train RECIPE writes runs/<name>/)")

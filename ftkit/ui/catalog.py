@@ -119,7 +119,8 @@ def tail_rows(path: Path, limit: int = TAIL_BYTES) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from a file, or None when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -183,7 +184,7 @@ def summarize(root: Path, path: Path, launches: dict[str, int | None]) -> RunSum
     )
     steps = [row["step"] for row in tail_rows(run.train_log) if isinstance(row.get("step"), int)]
     summary.steps = steps[-1] if steps else None
-    metrics = _read_json(run.metrics) or _read_json(run.eval.metrics)
+    metrics = read_json(run.metrics) or read_json(run.eval.metrics)
     if metrics is not None:
         primary = metrics.get("primary_metric")
         summary.primary = str(primary)

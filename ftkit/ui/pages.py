@@ -267,7 +267,8 @@ def compare_page(runs: list[RunSummary], chosen: list[str], text: str | None, er
         parts.append(f"<p class=error>{e(error)}</p>")
     if text:
         bars = [r for r in runs if r.rel in chosen]
-        parts.append(f"<h2>ftkit compare</h2><pre id=compare>{e(text)}</pre><h2>Primary metric, 95% CI</h2>")
+        metric = next((r.primary for r in bars if r.primary), "primary metric")
+        parts.append(f"<h2>ftkit compare</h2><pre id=compare>{e(text)}</pre><h2>{e(metric)}, 95% CI</h2>")
         parts.append(bar_chart(bars))
     return layout("Compare runs", "".join(parts), token, "Compare")
 
@@ -290,6 +291,7 @@ def bar_chart(runs: list[RunSummary]) -> str:
         out.append(
             f'<rect class="{name}" x="{x:.1f}" y="{y(i.value):.1f}" width="{bar:.1f}" '
             f'height="{height - pad - y(i.value):.1f}">{title}</rect>'
+            f'<text x="{x + 2:.1f}" y="{y(i.value) - 3:.1f}">{fmt(i.value)}</text>'
         )
         if i.low is not None and i.high is not None:
             mid, low, high = x + bar / 2, y(i.low), y(i.high)

@@ -18,12 +18,13 @@ Tokens are compared with `hmac.compare_digest` (constant time).
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from ftkit.serving.server import is_loopback
 
 TOKEN_ENV = "FTKIT_UI_TOKEN"
 COOKIE = "ftkit_ui_token"
@@ -36,13 +37,6 @@ class Refused(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def new_token() -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
@@ -28,7 +29,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 def ui_root(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     folder = tmp_path_factory.mktemp("ui")
     files = cut_sentiment_files(folder)
-    trained = {
+    trained: dict[str, dict[str, dict[str, Any]]] = {
         "runs/sentiment-r4": {"train": {"max_steps": 16, "save_every": 8, "log_every": 2}},  # fixes some, breaks some
         "runs/sweeps/lr/trials/001": {"train": {"learning_rate": 3e-3}},
     }
