@@ -519,12 +519,19 @@ def add_ui(commands: Commands) -> None:
     ui.add_argument("--runs", type=Path, default=Path("runs"), metavar="DIR", help="the runs root (default ./runs)")
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     ui.add_argument("--port", type=int, default=7860, help="TCP port (default 7860; 0 picks a free one)")
+    ui.add_argument(
+        "--recipes",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help="the folder whose recipes the Start form may use (default: the current folder)",
+    )
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from ftkit.ui.app import serve_ui
 
-    return serve_ui(args.runs, host=args.host, port=args.port)
+    return serve_ui(args.runs, **_options(args, "host", "port", "recipes"))
 
 
 COMMANDS: tuple[Callable[[Commands], None], ...] = (

@@ -50,11 +50,12 @@ class UiError(FtkitError):
     """`ftkit ui` cannot start (no such runs folder, port taken)."""
 
 
-def create_app(root: Path, *, token: str, host: str = "127.0.0.1") -> Any:
-    """The UI's FastAPI app over the runs below `root`; `host` is where it listens (loopback or not)."""
+def create_app(root: Path, *, token: str, host: str = "127.0.0.1", recipes: Path | None = None) -> Any:
+    """The UI's FastAPI app over the runs below `root`; `host` is where it listens (loopback or not);
+    the Start form takes recipes below `recipes` (default: the current folder) or below `root`."""
     root = root.resolve()
     guard = Guard(token=token, host=host)
-    catalog, launcher, chats = Catalog(root), Launcher(root), Chats()
+    catalog, launcher, chats = Catalog(root), Launcher(root, (recipes or Path.cwd()).resolve()), Chats()
     preflights: dict[tuple[Path, float], str] = {}
     app = FastAPI(title="ftkit ui", docs_url=None, redoc_url=None, openapi_url=None, max_body_size=MAX_BODY)
 
@@ -261,7 +262,7 @@ def create_app(root: Path, *, token: str, host: str = "127.0.0.1") -> Any:
 
     @app.get("/new")
     async def start_form() -> HTMLResponse:
-        return html(pages.start_page(token, {}, []))
+        return html(pages.start_page(token, {}, [], launcher.known_recipes()))
 
     @app.post("/new")
     async def start(request: Request) -> Response:
@@ -277,7 +278,7 @@ def create_app(root: Path, *, token: str, host: str = "127.0.0.1") -> Any:
                 launcher.start, values.get("recipe", ""), overrides, values.get("name", ""), mode
             )
         except LaunchError as error:
-            return html(pages.start_page(token, values, error.problems), status=422)
+            return html(pages.start_page(token, values, error.problems, launcher.known_recipes()), status=422)
         return RedirectResponse(pages.url(launch.run.path.relative_to(root).as_posix()), status_code=303)
 
     return app
@@ -311,7 +312,7 @@ def preflight_report(run: RunDir) -> str:
     return render_report(recipe, prepare(recipe))
 
 
-def serve_ui(runs: Path, *, host: str, port: int) -> int:
+def serve_ui(runs: Path, *, host: str, port: int, recipes: Path) -> int:
     """`ftkit ui`: check the runs folder, bind, print the address (with the token beyond loopback), serve."""
     from ftkit.ui.security import TOKEN_ENV
 
@@ -329,5 +330,6 @@ def serve_ui(runs: Path, *, host: str, port: int) -> int:
                 f"(set ${TOKEN_ENV} to choose it)",
                 file=sys.stderr,
             )
-        server.server(create_app(runs, token=token, host=host), log_level="warning").run(sockets=[sock])
+        app = create_app(runs, token=token, host=host, recipes=recipes)
+        server.server(app, log_level="warning").run(sockets=[sock])
     return 0

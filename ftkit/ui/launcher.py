@@ -45,9 +45,28 @@ class Launch:
 
 @dataclass
 class Launcher:
+    """Starts runs below `root` from recipes below `recipes` (the folder `ftkit ui` was started in, by
+    default): a form may name only those, so the UI reads no file elsewhere."""
+
     root: Path
+    recipes: Path
     launches: dict[str, Launch] = field(default_factory=dict)  # resolved run path -> its launch
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def known_recipes(self, limit: int = 200) -> list[str]:
+        """The YAML files below the recipes folder (not below hidden folders or runs), for the form to offer."""
+        found = []
+        for path in sorted(self.recipes.rglob("*.y*ml")):
+            rel = path.relative_to(self.recipes)
+            if (
+                path.suffix in (".yaml", ".yml")
+                and not any(p.startswith(".") for p in rel.parts)
+                and "runs" not in rel.parts
+            ):
+                found.append(rel.as_posix())
+            if len(found) >= limit:
+                break
+        return found
 
     def exit_codes(self) -> dict[str, int | None]:
         return {path: launch.exit_code for path, launch in self.launches.items()}
@@ -56,9 +75,14 @@ class Launcher:
         """Validate, then start `ftkit train` for `<root>/<name>`; `mode` is new, overwrite or resume."""
         if not NAME.fullmatch(name):
             raise LaunchError([f"run name {name!r}: use letters, digits, '.', '_' and '-' (e.g. sentiment-r8)"])
-        path = Path(recipe).expanduser()
-        if not path.is_file():
-            raise LaunchError([f"recipe {recipe!r}: no such file (give a path on the server, e.g. recipes/x.yaml)"])
+        path = (self.recipes / recipe).resolve()
+        allowed = (self.recipes.resolve(), self.root.resolve())
+        if not any(path.is_relative_to(folder) for folder in allowed):
+            raise LaunchError(
+                [f"recipe {recipe!r}: only recipes below {allowed[0]} or {allowed[1]} can be started here"]
+            )
+        if not path.is_file() or path.suffix not in (".yaml", ".yml"):
+            raise LaunchError([f"recipe {recipe!r}: no such YAML file below {allowed[0]} (e.g. recipes/x.yaml)"])
         run = RunDir((self.root / name).resolve())
         every = [*overrides, f"output.dir={run.path}"]
         try:

@@ -306,13 +306,19 @@ def bar_chart(runs: list[RunSummary]) -> str:
     return "".join(out)
 
 
-def start_page(token: str, values: dict[str, str], problems: Sequence[str]) -> str:
+def start_page(token: str, values: dict[str, str], problems: Sequence[str], recipes: Sequence[str]) -> str:
     errors = "".join(f"<li>{e(p)}</li>" for p in problems)
 
-    def field(name: str, label: str, hint: str) -> str:
+    def field(name: str, label: str, hint: str, options: Sequence[str] = ()) -> str:
         value = e(values.get(name, ""))
-        box = f'<input name={name} id={name} size=60 value="{value}" placeholder="{e(hint)}">'
-        return f"<label>{label}<br>{box}</label><br>"
+        listed = f" list={name}-list" if options else ""
+        box = f'<input name={name} id={name} size=60 value="{value}" placeholder="{e(hint)}"{listed}>'
+        choices = "".join(f'<option value="{e(option)}">' for option in options)
+        return (
+            f"<label>{label}<br>{box}</label>"
+            + (f"<datalist id={name}-list>{choices}</datalist>" if options else "")
+            + "<br>"
+        )
 
     mode = values.get("mode", "new")
     modes = "".join(
@@ -322,7 +328,7 @@ def start_page(token: str, values: dict[str, str], problems: Sequence[str]) -> s
     body = (
         (f"<ul class=error id=problems>{errors}</ul>" if errors else "")
         + f'<form method=post id=start><input type=hidden name=token value="{e(token)}">'
-        + field("recipe", "Recipe file (on this machine)", "recipes/sentiment-smollm2-qlora.yaml")
+        + field("recipe", "Recipe file (below the folder <code>ftkit ui</code> started in)", "recipes/x.yaml", recipes)
         + field("name", "Run name (the run goes to &lt;runs root&gt;/NAME)", "sentiment-r8")
         + "<label>Overrides, one KEY=VALUE per line<br><textarea name=overrides id=overrides rows=5 cols=60 "
         + f'placeholder="train.max_steps=20&#10;adapter.r=8">{e(values.get("overrides", ""))}</textarea></label><br>'

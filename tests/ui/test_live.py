@@ -28,7 +28,7 @@ LOSS = 'svg.chart[data-metric="loss"]'
 def live(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root = tmp_path / "ui-runs"
     root.mkdir()
-    with serving(create_app(root, token=TOKEN), "/api/runs") as url:
+    with serving(create_app(root, token=TOKEN, recipes=tmp_path), "/api/runs") as url:
         yield url, root
 
 

@@ -177,6 +177,13 @@ BAD_FORMS = [
 ]
 
 
+@pytest.mark.parametrize("recipe", ["/etc/passwd", "../../outside/recipe.yaml", "../linked-run/recipe.yaml"])
+def test_the_start_form_reads_no_recipe_outside_its_folders(guarded: Path, recipe: str) -> None:
+    client = TestClient(create_app(guarded, token=TOKEN, recipes=guarded / "sentiment-r4"), base_url=ORIGIN)
+    answer = client.post("/new", data={"token": TOKEN, "recipe": recipe, "name": "x"}, headers={"Origin": ORIGIN})
+    assert answer.status_code == 422 and "only recipes below" in answer.text and SECRET not in answer.text
+
+
 def malformed_requests(count: int) -> Iterator[tuple[str, str, bytes]]:
     """Seeded junk, each request malformed one way: an odd path, a bad parameter value, a method the
     route does not take, a bad chat body or form."""
