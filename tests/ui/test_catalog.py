@@ -97,3 +97,23 @@ def test_ui_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
         main(["ui", "--help"])
     out = capsys.readouterr().out
     assert "--runs" in out and "127.0.0.1" in out and "FTKIT_UI_TOKEN" in out
+
+
+def test_a_chat_example_shows_its_whole_conversation_escaped(tmp_path: Path) -> None:
+    from ftkit.ui.catalog import RunSummary
+    from ftkit.ui.pages import examples_page
+
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "<b>Hi</b>"}]
+    row = {
+        "where": "f:row 1",
+        "input": turns,
+        "reference": "Hello",
+        "base": {"reply": "Yo"},
+        "adapter": {"reply": "Hi"},
+    }
+    (tmp_path / "predictions.jsonl").write_text(json.dumps(row | {"scores": {"base": 0.2, "adapter": 0.9}}) + "\n")
+    result = page(tmp_path / "predictions.jsonl", kind="fixed", query="hi", number=0)
+    html = examples_page(RunSummary(rel="r", state="finished", name="r"), result, "fixed", "hi", 0, "t")
+    assert '<div class="turn system"><b>system</b> Be brief.</div>' in html
+    assert "&lt;b&gt;Hi&lt;/b&gt;" in html and "<b>Hi</b>" not in html
+    assert result.counts["fixed"] == 1 and "&quot;reply&quot;: &quot;Hi&quot;" in html  # a prediction object as JSON
