@@ -54,7 +54,9 @@ const CHARTS = [
 ];
 
 function drawChart(box, key, title, rows) {
-  const points = rows.filter((r) => typeof r[key] === "number" && typeof r.step === "number" && !("train_loss" in r));
+  // tokens/s from training rows only: evaluation rows repeat it at their step
+  const training = (r) => key !== "tokens_per_s" || "loss" in r;
+  const points = rows.filter((r) => typeof r[key] === "number" && typeof r.step === "number" && !("train_loss" in r) && training(r));
   const w = 300, h = 160, pad = 34;
   const svg = ['<svg viewBox="0 0 ' + w + " " + h + '" class="chart" data-metric="' + key + '" data-points="' + points.length + '">'];
   svg.push('<text x="' + pad + '" y="12">' + title + (points.length ? "" : " (no points yet)") + "</text>");
