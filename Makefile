@@ -26,10 +26,17 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/ftkit train recipes/sentiment-smollm2-qlora.yaml --overwrite
 
-test: setup
+# tests/ui/ drive Debian's Chromium with Playwright (its own browser download needs the internet).
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium
+
+test: setup $(CHROMIUM)
 	$(BIN)/python -m pytest
 
-test-fast: setup
+test-fast: setup $(CHROMIUM)
 	$(BIN)/python -m pytest -m "not slow"
 
 # `make lint`: what CI checks before the tests (and the pre-commit hooks run): ruff's rules and

@@ -518,6 +518,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args.targets, **_options(args, "host", "port", "api_key_env", "max_new_tokens_limit", "quantization"))
 
 
+UI_PAGE = """\
+a local web dashboard: runs, live training curves, evaluation evidence, examples, compare, chat
+
+Serve a web app over the run directories below --runs (at any depth: a sweep's trials are found too).
+Runs: every run with its state (running, finished, interrupted, failed), task, base model, quantization,
+steps and primary metric base -> adapter with 95% CIs and a significance mark; sortable and filterable.
+A run: training curves that update while it trains, the evaluation table with CIs and p-values, the
+plots, the resolved recipe, the pre-flight report and the lineage. Examples: the per-example
+predictions, filtered by fixed / broken / both right / both wrong and searchable. Compare: the ftkit
+compare table and a bar chart with CIs. Chat: the base and the adapter side by side, streamed by the
+ftkit serve code. Start a run: a recipe and overrides, validated in the form, trained in the background,
+stoppable (checkpoints stay; resume from the form).
+
+Listens on 127.0.0.1 (this machine only). With --host beyond loopback every request needs the token it
+prints at start (or $FTKIT_UI_TOKEN); starting and stopping runs always need it and refuse cross-site
+requests. Only files below --runs are ever read. See docs/ui.md.
+
+examples:
+  ftkit ui                                   the runs in ./runs, at http://127.0.0.1:7860/
+  ftkit ui --runs sweeps/lr --port 8080
+  FTKIT_UI_TOKEN=s3cret ftkit ui --host 0.0.0.0     (then open http://HOST:7860/?token=s3cret)
+"""
+
+
+def add_ui(commands: Commands) -> None:
+    ui = _subcommand(commands, cmd_ui, UI_PAGE)
+    ui.add_argument("--runs", type=Path, default=Path("runs"), metavar="DIR", help="the runs root (default ./runs)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    ui.add_argument("--port", type=int, default=7860, help="TCP port (default 7860; 0 picks a free one)")
+    ui.add_argument(
+        "--recipes",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help="the folder whose recipes the Start form may use (default: the current folder)",
+    )
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from ftkit.ui.app import serve_ui
+
+    return serve_ui(args.runs, **_options(args, "host", "port", "recipes"))
+
+
 COMMANDS: tuple[Callable[[Commands], None], ...] = (
     add_validate,
     add_train,
@@ -528,6 +572,7 @@ COMMANDS: tuple[Callable[[Commands], None], ...] = (
     add_export,
     add_chat,
     add_serve,
+    add_ui,
 )
 
 

@@ -77,37 +77,49 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-@pytest.fixture
-def sentiment_files(tmp_path: Path) -> dict[str, Path]:
-    """Small train/validation/test files cut from the shipped sentiment data."""
+def cut_sentiment_files(folder: Path) -> dict[str, Path]:
+    """Small train/validation/test files cut from the shipped sentiment data, written into `folder`."""
     out = {}
     for split, n in (("train", 32), ("validation", 8), ("test", 12)):
         rows = [json.loads(line) for line in (SENTIMENT / f"{split}.jsonl").read_text().splitlines()[:n]]
-        out[split] = _write_rows(tmp_path / f"{split}.jsonl", rows)
+        out[split] = _write_rows(folder / f"{split}.jsonl", rows)
     return out
+
+
+def write_tiny_recipe(
+    folder: Path, model_dir: Path, files: dict[str, Path], name: str = "recipe", **sections: dict[str, Any]
+) -> Path:
+    """A recipe for the tiny model and small sentiment files, its run in folder/runs/<name>; keyword
+    sections update it."""
+    recipe: dict[str, Any] = {
+        # fp32: tests compare paths exactly; "auto" is bf16 on CPUs with native bf16
+        # (tests/test_batching.py covers it)
+        "model": {"source": str(model_dir), "quantization": "none", "compute_dtype": "float32"},
+        "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "task": {"name": "sentiment"},
+        "data": {k: str(v) for k, v in files.items()} | {"max_length": 96},
+        "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-2, "save_every": 2, "log_every": 1},
+        "eval": {"batch_size": 8, "bootstrap": 200},
+        "output": {"dir": str(folder / "runs" / name)},
+    }
+    for key, value in sections.items():
+        recipe[key] = recipe.get(key, {}) | value
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def sentiment_files(tmp_path: Path) -> dict[str, Path]:
+    return cut_sentiment_files(tmp_path)
 
 
 @pytest.fixture
 def write_recipe(tmp_path: Path, tiny_model_dir: Path, sentiment_files: dict[str, Path]) -> Callable[..., Path]:
-    """Write a recipe for the tiny model and small sentiment files; keyword sections update it."""
+    """Write a recipe for the tiny model and small sentiment files (`write_tiny_recipe` in tmp_path)."""
 
     def write(name: str = "recipe", **sections: dict[str, Any]) -> Path:
-        recipe: dict[str, Any] = {
-            # fp32: tests compare paths exactly; "auto" is bf16 on CPUs with native bf16
-            # (tests/test_batching.py covers it)
-            "model": {"source": str(tiny_model_dir), "quantization": "none", "compute_dtype": "float32"},
-            "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
-            "task": {"name": "sentiment"},
-            "data": {k: str(v) for k, v in sentiment_files.items()} | {"max_length": 96},
-            "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-2, "save_every": 2, "log_every": 1},
-            "eval": {"batch_size": 8, "bootstrap": 200},
-            "output": {"dir": str(tmp_path / "runs" / name)},
-        }
-        for key, value in sections.items():
-            recipe[key] = recipe.get(key, {}) | value
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-        return path
+        return write_tiny_recipe(tmp_path, tiny_model_dir, sentiment_files, name, **sections)
 
     return write
 

@@ -181,12 +181,16 @@ def _changed_examples(report: EvalReport, system: SystemResult, limit: int = 5) 
 
 
 def prediction_rows(report: EvalReport) -> list[dict[str, Any]]:
+    """One row per example: its input, reference and each system's prediction, and under "scores" the
+    per-example values that rank report.md's fixed and broken examples, so that a reader (`ftkit ui`)
+    can tell them apart without knowing the task."""
     return [
         {
             "where": e.where,
             "input": report.task.recorded_input(e),
             "reference": e.reference,
             **{s.name: s.predictions[i] for s in report.systems},
+            "scores": {s.name: s.example_scores[i] for s in report.systems if s.example_scores},
         }
         for i, e in enumerate(report.examples)
     ]

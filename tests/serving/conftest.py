@@ -6,17 +6,15 @@ and quickly; requests need the Bearer key `KEY`.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from ftkit.serving import runtime
-from ftkit.serving.server import Limits, bind, create_app, server
+from ftkit.serving.server import Limits, create_app
 from ftkit.serving.targets import resolve_targets
+from tests.live_server import serving
 from tests.tiny_adapters import make_adapter, make_run
 
 KEY = "test-key-123"
@@ -37,21 +35,5 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
 @pytest.fixture(scope="module")
 def base_url(deployment: runtime.Deployment) -> Iterator[str]:
     app = create_app(deployment, api_key=KEY, limits=Limits(max_new_tokens=32, max_body_bytes=20_000))
-    sock = bind("127.0.0.1", 0)
-    uvicorn_server = server(app, log_level="warning")
-    thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
-    else:
-        pytest.fail("the server did not answer /health within 20 s")
-    yield url
-    uvicorn_server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with serving(app, "/health") as url:
+        yield url

@@ -1,0 +1,1 @@
+"""`ftkit ui`: the web dashboard over run directories (see docs/ui.md)."""
