@@ -8,20 +8,17 @@ adapter take memory, and the UI is one person's tool.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from pathlib import Path
 from typing import Any
 
 from ftkit.serving import runtime, server
-from ftkit.serving.stream import ReplyStream
 from ftkit.serving.targets import resolve_targets
 
 
 class Chats:
     def __init__(self, limits: server.Limits | None = None) -> None:
         self.limits = limits or server.Limits(max_new_tokens=256)
-        self.lock = asyncio.Lock()  # one reply at a time: peft's active adapter is global state
         self._loading = threading.Lock()
         self._held: tuple[Path, runtime.Deployment] | None = None
 
@@ -47,6 +44,6 @@ class Chats:
             raise server.ApiError(404, f"no system {request.model!r} here; choose one of {deployment.names}")
         prompt = server.render(deployment, request)
         sampling = server.sampling_for(request, len(prompt), deployment.context, self.limits)
-        stream = ReplyStream(deployment.model, deployment.tokenizer, prompt, sampling)
-        events = server.sse(self.lock, deployment, request.model, stream, server.Completion(request.model), True)
+        stream = deployment.reply(request.model, prompt, sampling)  # batched with any other reply in flight
+        events = server.sse(request.model, stream, server.Completion(request.model), True)
         return StreamingResponse(events, media_type="text/event-stream")
