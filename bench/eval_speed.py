@@ -112,9 +112,9 @@ def bench_task(name: str, recipe_path: Path, n: int, repeats: int, work: Path) -
     recipe: Recipe = load_recipe(recipe_path)
     task = get_task(recipe.task, recipe.data.max_length)
     test = recipe.data.test
-    assert test is not None, f"{recipe_path} names no data.test"
+    assert isinstance(test, str), f"{recipe_path} names no data.test file"
     data = work / f"{name}.jsonl"
-    data.write_text("".join(test.read_text(encoding="utf-8").splitlines(keepends=True)[:n]), encoding="utf-8")
+    data.write_text("".join(Path(test).read_text(encoding="utf-8").splitlines(keepends=True)[:n]), encoding="utf-8")
     from ftkit.data.splits import load_split
 
     examples = load_split(recipe, task, "test", path=data).examples

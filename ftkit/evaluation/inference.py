@@ -118,7 +118,7 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
 
 # What one scoring pass may hold at once, in bytes: its logits, attention scores and mask. Rows beyond it
 # wait for the next pass, so 150 labels at `eval.batch_size: 16` fit where a fixed batch would not.
-SCORE_MEMORY_BUDGET = 1 << 30
+SCORE_MEMORY_BUDGET = 1 << 29
 
 
 @dataclass(frozen=True)

@@ -128,3 +128,17 @@ def test_trie_scores_pick_the_labels_full_sequences_pick(tiny_model_dir, tokeniz
         assert whole[i] == pytest.approx(expected, abs=2e-4)
         assert one_row_per_pass[i] == pytest.approx(expected, abs=2e-4)
         assert whole[i].index(max(whole[i])) == expected.index(max(expected))
+
+
+def test_batched_greedy_replies_equal_one_at_a_time(tiny, tokenizer) -> None:
+    """Left padding, the attention mask and the KV cache leave each prompt's greedy reply as it is alone."""
+    from ftkit.evaluation.inference import generate_greedy
+
+    prompts = [
+        tokenizer(text)["input_ids"]
+        for text in ("Q: hi\nA:", "Question: which parcel carrier delivers on Sundays in the city?\nAnswer:", "x")
+    ]
+    batched = generate_greedy(tiny, tokenizer, prompts, max_new_tokens=12)
+    alone = [generate_greedy(tiny, tokenizer, [prompt], max_new_tokens=12)[0] for prompt in prompts]
+    assert batched == alone
+    assert all(batched)  # a random model still says something: the comparison is not of empty strings
