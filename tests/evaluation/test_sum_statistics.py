@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 from ftkit.evaluation import evaluator
 from ftkit.evaluation.metrics import chrf, sum_statistic
 from ftkit.evaluation.stats import bca_ci, paired_bootstrap
-from ftkit.tasks import get_task
+from ftkit.tasks import Example, Task, get_task
 from ftkit.tasks.chat import ChatOptions
 
 WORDS = "refund order parcel card account password delivery invoice address store".split()
 
 
-def _conversations(n: int) -> tuple[object, list, list[dict], list[dict]]:
+def _conversations(n: int) -> tuple[Task, list[Example], list[dict[str, Any]], list[dict[str, Any]]]:
     task = get_task(ChatOptions(name="chat"), max_length=256)
     rng = np.random.default_rng(4)
     examples, base, adapter = [], [], []
@@ -49,10 +51,10 @@ def test_chrf_intervals_and_paired_test_equal_todays_for_the_same_seed() -> None
         today = bca_ci(list(zip(predictions, examples)), recomputed, n_resamples=100, seed=0)
         assert system.metrics["chrf"] == today
     comparison = evaluator._compare(task, systems[0], systems[1], "chrf", examples, 100)
-    today = paired_bootstrap(
+    paired = paired_bootstrap(
         list(zip(base, examples)), list(zip(adapter, examples)), recomputed, n_resamples=100, seed=0
     )
-    assert (comparison.difference, comparison.p_value) == (today.difference, today.p_value)
+    assert (comparison.difference, comparison.p_value) == (paired.difference, paired.p_value)
     assert comparison.difference == pytest.approx(
         chrf.corpus_score([p["reply"] for p in adapter], [[e.reference] for e in examples])
         - chrf.corpus_score([p["reply"] for p in base], [[e.reference] for e in examples])
