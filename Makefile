@@ -65,6 +65,7 @@ bench-train: $(BENCH_STAMP)
 
 bench-eval: setup
 	$(BIN)/python bench/eval_speed.py
+	$(BIN)/python bench/label_scaling.py
 
 clean:
 	rm -rf runs .pytest_cache

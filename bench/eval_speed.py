@@ -1,39 +1,77 @@
-"""Evaluation speed: batched label scoring vs one-example-at-a-time `generate`, same 200 examples.
+"""Evaluation speed of the product: the `ftkit eval` command vs one-example-at-a-time baselines, same examples.
 
-Both classify the same held-out sentiment examples with the same model (the recipe's base model,
-loaded as the recipe says) and are timed in alternation in one process, so machine noise hits
-both. The generate baseline is what a user of a Trainer-based toolkit typically writes:
-`model.generate(max_new_tokens=3)` per example, then parse the label word from the text.
+For each task, the first `--examples` rows of the recipe's test file are written to a temporary file, and in
+alternation (ftkit eval, baseline, ftkit eval, baseline, ...) so that machine noise hits both:
 
-    python bench/eval_speed.py [--recipe recipes/sentiment-smollm2-qlora.yaml] [--examples 200] [--repeats 2]
+- **ftkit eval**: the command users run, `python -m ftkit.cli eval RECIPE --data FILE`, in a subprocess. Its
+  time is the command's own prediction time (`eval_seconds` in its metrics.json: from the first batch to the
+  last prediction), so loading the model and the statistics after it are excluded, and the benchmark cannot
+  drift from the product.
+- **baseline, one at a time**, in this process on the same model loaded the same way: for sentiment, what a
+  Trainer-based toolkit typically does (`generate(max_new_tokens=3)` per example, then parse the label word);
+  for qa and chat, greedy `generate` with a KV cache on one prompt at a time (the product's own
+  `generate_greedy` with a batch of one), whose replies must equal the command's batched ones.
 
-Writes bench/results/eval_speed.json and .md and prints the Markdown table; `make bench` runs it after
-the training benchmark (bench/train_speed.py).
+    python bench/eval_speed.py [--tasks sentiment,qa,chat] [--examples 200] [--repeats 2]
+
+Writes bench/results/eval_speed.json and .md and prints the Markdown table; `make bench` runs it after the
+training benchmark (bench/train_speed.py). The many-label case is bench/label_scaling.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python bench/eval_speed.py` finds bench/common.py
 
-from common import SENTIMENT_RECIPE, machine, write_results  # noqa: E402
+from common import ROOT, SENTIMENT_RECIPE, machine, write_results  # noqa: E402
 
-from ftkit.data.splits import load_split
-from ftkit.evaluation.evaluator import predict_system
+from ftkit.data.encoding import truncate_middle
+from ftkit.evaluation.inference import generate_greedy
 from ftkit.models import load_model
-from ftkit.recipe import load_recipe
-from ftkit.tasks import get_task
+from ftkit.recipe import Recipe, load_recipe
+from ftkit.tasks import Example, Task, get_task
+from ftkit.tasks.qa import first_line
+from ftkit.tasks.sentiment import Sentiment
+
+RECIPES = {
+    "sentiment": SENTIMENT_RECIPE,
+    "qa": ROOT / "recipes" / "qa-smollm2-qlora.yaml",
+    "chat": ROOT / "recipes" / "customer-service-smollm2-lora-8bit.yaml",
+}
+METHOD = {"sentiment": "batched label scoring", "qa": "batched greedy decoding", "chat": "batched greedy decoding"}
+BASELINE = {
+    "sentiment": "generate + parse, one at a time",
+    "qa": "generate, one at a time",
+    "chat": "generate, one at a time",
+}
+
+
+def ftkit_eval(recipe: Path, data: Path, out: Path) -> tuple[float, list[Any]]:
+    """Run the command; (its own prediction seconds for the base model, its predictions in input order)."""
+    env = os.environ | {"PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
+    command = [sys.executable, "-m", "ftkit.cli", "eval", str(recipe), "--data", str(data), "--out", str(out)]
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+    seconds = json.loads((out / "metrics.json").read_text())["systems"]["base"]["eval_seconds"]
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    return float(seconds), [row["base"] for row in rows]
 
 
 @torch.inference_mode()
-def generate_one_at_a_time(model, tokenizer, examples, labels) -> list[str]:
+def parse_generated_labels(model: Any, tokenizer: Any, task: Task, examples: Sequence[Example]) -> list[str]:
+    labels = list(cast(Sentiment, task).labels)
     predictions = []
     for example in examples:
         ids = tokenizer(example.prompt, return_tensors="pt")
@@ -43,70 +81,114 @@ def generate_one_at_a_time(model, tokenizer, examples, labels) -> list[str]:
     return predictions
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default=str(SENTIMENT_RECIPE))
-    parser.add_argument("--examples", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=16)
-    args = parser.parse_args()
+def generate_one_at_a_time(model: Any, tokenizer: Any, task: Task, examples: Sequence[Example]) -> list[Any]:
+    """The same prompts, truncation and stop tokens as the task's `predict`, one prompt per `generate`."""
+    max_new = int(getattr(task.options, "max_new_tokens", 0))
+    budget = task.eval_budget(tokenizer)
+    replies = [
+        generate_greedy(model, tokenizer, [truncate_middle(task.eval_prompt_ids(e, tokenizer), budget)], max_new)[0]
+        for e in examples
+    ]
+    return [first_line(reply) for reply in replies] if task.name == "qa" else replies
 
-    recipe = load_recipe(args.recipe)
+
+def baseline_for(name: str) -> Callable[[Any, Any, Task, Sequence[Example]], list[Any]]:
+    return parse_generated_labels if name == "sentiment" else generate_one_at_a_time
+
+
+def agreement(name: str, ours: list[Any], theirs: list[Any], examples: Sequence[Example]) -> dict[str, Any]:
+    """For sentiment, each method's accuracy; for generation, how many batched replies equal the unbatched."""
+    if name == "sentiment":
+        correct = [sum(p == e.reference for p, e in zip(ps, examples)) for ps in (ours, theirs)]
+        return {
+            "accuracy": round(correct[0] / len(examples), 3),
+            "baseline_accuracy": round(correct[1] / len(examples), 3),
+        }
+    texts = [p["reply"] if isinstance(p, dict) else p for p in ours]
+    return {"identical_outputs": sum(a == b for a, b in zip(texts, theirs)), "of": len(examples)}
+
+
+def bench_task(name: str, recipe_path: Path, n: int, repeats: int, work: Path) -> dict[str, Any]:
+    recipe: Recipe = load_recipe(recipe_path)
     task = get_task(recipe.task, recipe.data.max_length)
-    examples = load_split(recipe, task, "test").examples[: args.examples]
+    test = recipe.data.test
+    assert isinstance(test, str), f"{recipe_path} names no data.test file"
+    data = work / f"{name}.jsonl"
+    data.write_text("".join(Path(test).read_text(encoding="utf-8").splitlines(keepends=True)[:n]), encoding="utf-8")
+    from ftkit.data.splits import load_split
+
+    examples = load_split(recipe, task, "test", path=data).examples
     loaded = load_model(recipe.model)
     model, tokenizer = loaded.model.eval(), loaded.tokenizer
-    labels = list(recipe.task.labels)
-
-    timings: dict[str, list[float]] = {"batched label scoring": [], "generate, one at a time": []}
-    accuracy: dict[str, float] = {}
-    for _ in range(args.repeats):
-        for name in timings:
-            started = time.perf_counter()
-            if name == "batched label scoring":
-                predictions, _ = predict_system(task, model, tokenizer, examples, args.batch_size, name)
-            else:
-                predictions = generate_one_at_a_time(model, tokenizer, examples, labels)
-            timings[name].append(time.perf_counter() - started)
-            accuracy[name] = sum(p == e.reference for p, e in zip(predictions, examples)) / len(examples)
-
-    rows = []
-    for name, seconds in timings.items():
-        median = statistics.median(seconds)
-        rows.append(
+    runs: dict[str, list[float]] = {METHOD[name]: [], BASELINE[name]: []}
+    ours: list[Any] = []
+    theirs: list[Any] = []
+    for repeat in range(repeats):
+        seconds, ours = ftkit_eval(recipe_path, data, work / f"{name}-{repeat}")
+        runs[METHOD[name]].append(seconds)
+        started = time.perf_counter()
+        theirs = baseline_for(name)(model, tokenizer, task, examples)
+        runs[BASELINE[name]].append(time.perf_counter() - started)
+    medians = {method: statistics.median(seconds) for method, seconds in runs.items()}
+    del model, loaded
+    return {
+        "task": name,
+        "recipe": str(recipe_path.relative_to(ROOT)),
+        "quantization": recipe.model.quantization,
+        "batch_size": recipe.eval.batch_size,
+        "examples": len(examples),
+        "rows": [
             {
-                "method": name,
-                "examples": len(examples),
-                "median_s": round(median, 2),
-                "examples_per_s": round(len(examples) / median, 2),
-                "accuracy": accuracy[name],
+                "method": method,
+                "median_s": round(medians[method], 2),
+                "examples_per_s": round(len(examples) / medians[method], 2),
                 "runs_s": [round(s, 2) for s in seconds],
             }
-        )
-    speedup = rows[0]["examples_per_s"] / rows[1]["examples_per_s"]
-    result = {
-        "recipe": args.recipe,
-        "quantization": recipe.model.quantization,
-        "batch_size": args.batch_size,
-        "torch_threads": torch.get_num_threads(),
-        "machine": machine(),
-        "rows": rows,
-        "speedup": round(speedup, 2),
+            for method, seconds in runs.items()
+        ],
+        "speedup": round(medians[BASELINE[name]] / medians[METHOD[name]], 2),
+        "per_pair_speedups": [round(b / a, 2) for a, b in zip(runs[METHOD[name]], runs[BASELINE[name]])],
+        **agreement(name, ours, theirs, examples),
     }
-    table = "\n".join(
-        ["| method | examples | median s | examples/s | accuracy |", "|---|---|---|---|---|"]
-        + [
-            f"| {row['method']} | {row['examples']} | {row['median_s']} | {row['examples_per_s']} "
-            f"| {row['accuracy']:.3f} |"
-            for row in rows
-        ]
-    )
-    out, _ = write_results("eval_speed", result, table)
-    print(table)
-    print(
-        f"\nbatched label scoring is {speedup:.1f}x faster ({recipe.model.quantization}, batch {args.batch_size}, "
-        f"{torch.get_num_threads()} threads); written to {out}"
-    )
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = ["| task | method | examples | median s | examples/s | speedup | check |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        check = (
+            f"accuracy {r['accuracy']:.3f} vs {r['baseline_accuracy']:.3f}"
+            if "accuracy" in r
+            else f"{r['identical_outputs']}/{r['of']} replies identical"
+        )
+        ours, theirs = r["rows"]
+        lines.append(
+            f"| {r['task']} | ftkit eval: {ours['method']} | {r['examples']} | {ours['median_s']} "
+            f"| {ours['examples_per_s']} | {r['speedup']}x | {check} |"
+        )
+        lines.append(
+            f"| {r['task']} | {theirs['method']} | {r['examples']} | {theirs['median_s']} "
+            f"| {theirs['examples_per_s']} | 1x | |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="sentiment,qa,chat", help="comma-separated, of: " + ", ".join(RECIPES))
+    parser.add_argument("--examples", type=int, default=200, help="first N test rows of each recipe")
+    parser.add_argument("--repeats", type=int, default=2, help="alternated pairs (ftkit eval, baseline) per task")
+    args = parser.parse_args()
+    names = [name.strip() for name in args.tasks.split(",") if name.strip()]
+    unknown = [name for name in names if name not in RECIPES]
+    if unknown:
+        parser.error(f"--tasks: unknown {unknown}; choose from {list(RECIPES)}")
+    with tempfile.TemporaryDirectory(prefix="ftkit-eval-bench-") as work:
+        results = [bench_task(name, RECIPES[name], args.examples, args.repeats, Path(work)) for name in names]
+    result = {"torch_threads": torch.get_num_threads(), "machine": machine(), "tasks": results}
+    text = table(results)
+    out, _ = write_results("eval_speed", result, text)
+    print(text)
+    print(f"\n`ftkit eval` timed by its own prediction seconds ({torch.get_num_threads()} threads); written to {out}")
 
 
 if __name__ == "__main__":

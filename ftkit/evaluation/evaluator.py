@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ftkit.evaluation.sample import Sample
-from ftkit.evaluation.stats import Interval, bca_ci, bootstrap_ci, mcnemar, paired_bootstrap
+from ftkit.evaluation.stats import Interval, SumStatistic, bca_ci, bootstrap_ci, mcnemar, paired_bootstrap
 from ftkit.recipe import EvalConfig
 from ftkit.tasks import Example, Task
 
@@ -37,6 +37,7 @@ class SystemResult:
     example_scores: list[float] = field(default_factory=list)  # per example, ranks what changed (Task.example_scores)
     confusion: tuple[list[str], list[list[int]]] | None = None  # classification tasks only
     per_example: dict[str, list[float]] = field(default_factory=dict)  # metrics that are means of these
+    sums: dict[str, SumStatistic] = field(default_factory=dict)  # metrics of summed per-example statistics
 
     @property
     def examples_per_s(self) -> float:
@@ -132,11 +133,17 @@ def predict_system(
     """Predictions for every example, in input order, with a progress bar in examples/s.
 
     Examples are batched by length (longest first, so a batch too big for memory shows at once)
-    to cut padding; predictions are put back in input order. Returns (predictions, seconds).
+    to cut padding; predictions are put back in input order. A model prepared for 4-bit training runs
+    in its compute dtype meanwhile (`frozen_in_compute_dtype`). Returns (predictions, seconds).
     """
+    from ftkit.evaluation.inference import frozen_in_compute_dtype  # torch: only when predicting
+
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: -task.size(examples[i]))
-    with tqdm(total=len(examples), desc=f"eval {name}", unit="ex", dynamic_ncols=True) as bar:
+    with (
+        frozen_in_compute_dtype(model),
+        tqdm(total=len(examples), desc=f"eval {name}", unit="ex", dynamic_ncols=True) as bar,
+    ):
         started = time.perf_counter()
         ordered = task.predict(model, tokenizer, [examples[i] for i in order], batch_size, bar.update)
         seconds = time.perf_counter() - started
@@ -198,15 +205,19 @@ def score_system(
     is their mean; BCa where it is a corpus statistic (macro-F1, chrF, ...), whose percentile bootstrap is
     biased on small samples. Either way an interval that excludes its estimate is reported as none."""
     means = task.per_example(predictions, examples)
+    sums = task.sufficient_statistics(predictions, examples)
     rows = list(zip(predictions, examples))
     intervals = {
         metric: bootstrap_ci(np.asarray(means[metric]), n_resamples=resamples, seed=0)
         if metric in means
+        else bca_ci(sums[metric].rows, sums[metric], n_resamples=resamples, seed=0)
+        if metric in sums
         else bca_ci(rows, _statistic(task, metric), n_resamples=resamples, seed=0)
         for metric in metric_names
     }
     scores = task.example_scores(predictions, examples)
-    return SystemResult(name, predictions, intervals, seconds, scores, task.confusion(predictions, examples), means)
+    confusion = task.confusion(predictions, examples)
+    return SystemResult(name, predictions, intervals, seconds, scores, confusion, means, sums)
 
 
 def _statistic(task: Task, metric: str) -> Callable[[Sequence[tuple[Any, Example]]], float]:
@@ -231,6 +242,9 @@ def _compare(
         paired = paired_bootstrap(
             np.asarray(base.per_example[metric]), np.asarray(other.per_example[metric]), n_resamples=resamples, seed=0
         )
+    elif metric in base.sums:  # the same seed: every comparison resamples the same example indices
+        statistic = base.sums[metric]
+        paired = paired_bootstrap(statistic.rows, other.sums[metric].rows, statistic, n_resamples=resamples, seed=0)
     else:
         paired = paired_bootstrap(
             list(zip(base.predictions, examples)),

@@ -7,7 +7,9 @@ training fit. Here memory depends on the batch size, not on the size of the eval
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +21,34 @@ def input_device(model: Any) -> torch.device:
     """Where a model's inputs go: its input embeddings' device. With a device map, or a quantized base
     placed on a GPU beside CPU-side extras, the first parameter found is not necessarily there."""
     return torch.device(model.get_input_embeddings().weight.device)
+
+
+@contextlib.contextmanager
+def frozen_in_compute_dtype(model: Any) -> Iterator[None]:
+    """Run a 4-bit model's frozen float32 weights in its compute dtype (bfloat16), then put them back.
+
+    peft's `prepare_model_for_kbit_training` up-casts every weight that is not 4-bit (embeddings, the LM
+    head, norms) to float32 for training, so every activation after it is float32 as well: the trained
+    model then evaluates about 3x slower than the same base and adapter loaded by `ftkit eval`. Only
+    weights whose values the compute dtype holds exactly are cast (those that were up-cast), LoRA
+    weights never, so the numbers are `ftkit eval`'s and the round trip loses nothing.
+    """
+    dtype = next(
+        (m.compute_dtype for m in model.modules() if isinstance(getattr(m, "compute_dtype", None), torch.dtype)), None
+    )
+    cast = []
+    if dtype is not None and dtype != torch.float32:
+        for name, param in model.named_parameters():
+            if param.dtype == torch.float32 and not param.requires_grad and ".lora_" not in name:
+                narrow = param.data.to(dtype)
+                if torch.equal(narrow.float(), param.data):
+                    param.data = narrow
+                    cast.append(param)
+    try:
+        yield
+    finally:
+        for param in cast:
+            param.data = param.data.float()
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -86,41 +116,130 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
 
 
+# What one scoring pass may hold at once, in bytes: its logits, attention scores and mask. Rows beyond it
+# wait for the next pass, so 150 labels at `eval.batch_size: 16` fit where a fixed batch would not.
+SCORE_MEMORY_BUDGET = 1 << 29
+
+
+@dataclass(frozen=True)
+class OptionTrie:
+    """The options as one token tree: options that share their first tokens share those nodes.
+
+    `tokens[i]` is the token fed at node i and `parents[i]` its parent node (-1: the prompt's last
+    token), `depths[i]` its distance from the prompt. Each option is a path; `picks` lists, for every
+    token of every option, (the node whose next-token distribution predicts it, the token, the option);
+    node -1 is the prompt's last position. The last token of an option (EOS) is predicted but never fed.
+    """
+
+    tokens: list[int]
+    parents: list[int]
+    depths: list[int]
+    picks: list[tuple[int, int, int]]
+
+    @classmethod
+    def build(cls, options: Sequence[Sequence[int]]) -> OptionTrie:
+        if not options or not all(options):
+            raise ValueError("options must be non-empty token lists")
+        nodes: dict[tuple[int, ...], int] = {}
+        tokens: list[int] = []
+        parents: list[int] = []
+        depths: list[int] = []
+        picks: list[tuple[int, int, int]] = []
+        for k, option in enumerate(options):
+            parent = -1
+            for j, token in enumerate(option):
+                picks.append((parent, token, k))
+                if j == len(option) - 1:
+                    break
+                prefix = tuple(option[: j + 1])
+                if prefix not in nodes:
+                    nodes[prefix] = len(tokens)
+                    tokens.append(token)
+                    parents.append(parent)
+                    depths.append(j + 1)
+                parent = nodes[prefix]
+        return cls(tokens, parents, depths, picks)
+
+    def ancestry(self) -> torch.Tensor:
+        """[nodes, nodes] bool: node i may attend to node a (a is i or one of its ancestors)."""
+        n = len(self.tokens)
+        sees = torch.eye(n, dtype=torch.bool)
+        for i, parent in enumerate(self.parents):  # parents come before their children
+            if parent >= 0:
+                sees[i] |= sees[parent]
+        return sees
+
+
+def _tree_mask(attention_mask: torch.Tensor, sees: torch.Tensor, model: Any) -> torch.Tensor:
+    """The 4-D mask of [prompt, trie] rows: the prompt causal over its real tokens, every trie node over
+    the whole real prompt and its own ancestors. Boolean for SDPA, additive (0 / dtype min) for eager."""
+    rows, width = attention_mask.shape
+    n = sees.shape[0]
+    real = attention_mask.bool()
+    causal = torch.ones(width, width, dtype=torch.bool, device=real.device).tril()
+    top = (causal & real[:, None, :]) | torch.eye(width, dtype=torch.bool, device=real.device)  # a pad sees itself
+    top = torch.cat([top, torch.zeros(rows, width, n, dtype=torch.bool, device=real.device)], dim=2)
+    bottom = torch.cat([real[:, None, :].expand(rows, n, width), sees.to(real.device).expand(rows, n, n)], dim=2)
+    allowed = torch.cat([top, bottom], dim=1)[:, None]
+    if model.config._attn_implementation == "sdpa":
+        return allowed
+    dtype = model.get_input_embeddings().weight.dtype
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def _rows_per_pass(model: Any, width: int, trie: OptionTrie, budget: int) -> int:
+    """How many prompts one pass can take within `budget` bytes: kept logits (model dtype, plus a float32
+    chunk), attention scores of one layer and the mask, each per row."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = getattr(config, "num_attention_heads", 16)
+    length, kept = width + len(trie.tokens), len(trie.tokens) + 1
+    per_row = kept * model.get_output_embeddings().weight.shape[0] * 6 + (heads + 1) * length * length * 4
+    return max(1, budget // per_row)
+
+
 @torch.inference_mode()
 def score_options(
-    model: Any, pad_id: int, prompts: Sequence[Sequence[int]], options: Sequence[Sequence[int]]
+    model: Any,
+    pad_id: int,
+    prompts: Sequence[Sequence[int]],
+    options: Sequence[Sequence[int]],
+    budget: int = SCORE_MEMORY_BUDGET,
 ) -> list[list[float]]:
-    """Log-likelihood of every option after every prompt, with each prompt run once.
+    """Log-likelihood of every option after every prompt: scores[prompt][option].
 
-    The prompts (left-padded) go through the model once; their KV cache is repeated for each
-    option and only the few option tokens are run on top. Scoring K labels costs one prompt pass
-    instead of K, and the LM head sees only the last prompt position and the option tokens.
-    Returns scores[prompt][option]. Options must be non-empty (label tokens, usually ending in EOS).
+    The options become a token trie (`OptionTrie`): shared prefixes are one node, so 77 intents
+    that start alike cost their distinct tokens, not 77 x their length. Each prompt and its trie run
+    as one sequence, the trie nodes under a tree mask (each sees the prompt and its own ancestors), so
+    nothing is repeated per option; the LM head runs only at the prompt's last position and the
+    trie nodes, and the log-normaliser is taken one row at a time in float32. Rows per pass are
+    bounded by `budget` bytes. Options must be non-empty (label tokens, usually ending in EOS).
     """
+    trie = OptionTrie.build(options)
     device = input_device(model)
-    k, batch = len(options), left_pad(prompts, pad_id, device)
-    first = model(**batch, use_cache=True, logits_to_keep=1)
-    first_logprobs = torch.log_softmax(first.logits[:, -1].float(), dim=-1)  # predicts each option's first token
-    cache = first.past_key_values
-    cache.batch_repeat_interleave(k)
-
-    width = max(len(option) for option in options)
-    option_ids = torch.full((k, width), pad_id, dtype=torch.long, device=device)
-    option_mask = torch.zeros((k, width), dtype=torch.long, device=device)
-    for i, option in enumerate(options):
-        option_ids[i, : len(option)] = torch.tensor(option, device=device)
-        option_mask[i, : len(option)] = 1
-    rows = len(prompts)
-    start = batch["attention_mask"].sum(-1).repeat_interleave(k).unsqueeze(-1)  # next position of each prompt
-    second = model(
-        input_ids=option_ids.repeat(rows, 1),
-        attention_mask=torch.cat([batch["attention_mask"].repeat_interleave(k, 0), option_mask.repeat(rows, 1)], dim=1),
-        position_ids=start + torch.arange(width, device=device),
-        past_key_values=cache,
-        use_cache=False,
-    )
-    logprobs = torch.log_softmax(second.logits[:, :-1].float(), dim=-1)  # position j predicts option token j + 1
-    targets = option_ids[:, 1:].repeat(rows, 1)
-    picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * option_mask[:, 1:].repeat(rows, 1)
-    firsts = first_logprobs[:, option_ids[:, 0]]  # [rows, k]
-    return (firsts + picked.sum(-1).view(rows, k)).tolist()
+    nodes = torch.tensor(trie.picks, dtype=torch.long, device=device)  # (node, token, option) per scored token
+    sees = trie.ancestry()
+    scores: list[list[float]] = []
+    width = max(len(prompt) for prompt in prompts)
+    step = _rows_per_pass(model, width, trie, budget)
+    for start in range(0, len(prompts), step):
+        rows = prompts[start : start + step]
+        batch = left_pad(rows, pad_id, device)
+        width = batch["input_ids"].shape[1]
+        n = len(rows)
+        fed = torch.tensor(trie.tokens, dtype=torch.long, device=device).expand(n, -1)
+        depth = torch.tensor(trie.depths, dtype=torch.long, device=device)
+        lengths = batch["attention_mask"].sum(-1, keepdim=True)
+        keep = torch.arange(width - 1, width + len(trie.tokens), device=device)
+        logits = model(
+            input_ids=torch.cat([batch["input_ids"], fed], dim=1),
+            attention_mask=_tree_mask(batch["attention_mask"], sees, model),
+            position_ids=torch.cat([batch["position_ids"], lengths + depth - 1], dim=1),
+            logits_to_keep=keep,
+            use_cache=False,
+        ).logits  # [rows, 1 + nodes, vocab]; kept row 0 is the prompt's last position, row i + 1 node i
+        for row in logits:
+            normaliser = torch.logsumexp(row.float(), dim=-1)
+            picked = row[nodes[:, 0] + 1, nodes[:, 1]].float() - normaliser[nodes[:, 0] + 1]
+            total = torch.zeros(len(options), dtype=torch.float32, device=device).index_add_(0, nodes[:, 2], picked)
+            scores.append(total.tolist())
+    return scores

@@ -34,6 +34,7 @@ __all__ = [
     "format_interval",
     "McNemarResult",
     "PairedBootstrapResult",
+    "SumStatistic",
     "bootstrap_ci",
     "mcnemar",
     "paired_bootstrap",
@@ -102,6 +103,22 @@ class McNemarResult:
     only_a_correct: int
     only_b_correct: int
     p_value: float
+
+
+@dataclass(frozen=True)
+class SumStatistic:
+    """A corpus metric that is a function of the column sums of per-example statistics (chrF of its
+    n-gram counts): `rows` [examples, statistics] and `of_sums`, the metric of summed rows.
+
+    Called on resampled rows it is the metric of that resample, at the cost of an index sum, so a
+    bootstrap or a paired test passes `rows` as the data and this as the statistic.
+    """
+
+    rows: np.ndarray
+    of_sums: Callable[[np.ndarray], float]
+
+    def __call__(self, rows: np.ndarray) -> float:
+        return self.of_sums(rows.sum(axis=0))
 
 
 def _as_data(data: Any) -> Any:

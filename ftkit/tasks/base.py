@@ -164,6 +164,12 @@ class Task(ABC):
         """
         return {}
 
+    def sufficient_statistics(self, predictions: Sequence[Any], examples: Sequence[Example]) -> dict[str, Any]:
+        """Metrics that are not means but functions of summed per-example statistics (chrF of its n-gram
+        counts), as `ftkit.evaluation.stats.SumStatistic`s: their intervals and paired tests resample by
+        index sums instead of recomputing the metric a thousand times. Default: none."""
+        return {}
+
     def example_scores(self, predictions: Sequence[Any], examples: Sequence[Example]) -> list[float]:
         """One number per example, higher is better, that ranks what an adapter fixed or broke in a report.
         Default: the primary metric's per-example values; a task whose primary metric has none overrides this."""

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from ftkit.data.encoding import IGNORE_INDEX, Encoded, assistant_spans
 from ftkit.errors import RowError
-from ftkit.evaluation.metrics import compute, per_example
+from ftkit.evaluation.metrics import compute, per_example, sum_statistic
 from ftkit.tasks.base import Example, Progress, Row, Task, TaskOptions, alpaca_prompt, batches, register
 
 ROLES = ("system", "user", "assistant")
@@ -160,6 +160,11 @@ class Chat(Task):
 
     def per_example(self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]) -> dict[str, list[float]]:
         return {"rouge_l": per_example("rouge_l", [p["reply"] for p in predictions], [[e.reference] for e in examples])}
+
+    def sufficient_statistics(
+        self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]
+    ) -> dict[str, Any]:
+        return {"chrf": sum_statistic("chrf", [p["reply"] for p in predictions], [[e.reference] for e in examples])}
 
     def size(self, example: Example) -> int:
         return sum(len(turn["content"]) for turn in _messages(example))

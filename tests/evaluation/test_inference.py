@@ -66,3 +66,79 @@ def test_shared_prompt_option_scores_equal_full_sequences(tiny_model_dir, tokeni
     for i, prompt in enumerate(prompts):
         expected = [_full_sequence_logprob(model, encode_prompt_completion(tokenizer, prompt, c, 64)) for c in labels]
         assert scores[i] == pytest.approx(expected, abs=2e-4)
+
+
+INTENTS = [
+    "card_arrival",
+    "card_linking",
+    "card_not_working",
+    "exchange_rate",
+    "exchange_charge",
+    "lost_or_stolen_card",
+    "pin_blocked",
+    "top_up_failed",
+    "top_up_reverted",
+    "transfer_timing",
+    "balance_not_updated_after_bank_transfer",
+    "why_verify_identity",
+]
+
+
+def _intent_options(tokenizer) -> list[list[int]]:
+    return [
+        tokenizer(f" {label}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for label in INTENTS
+    ]
+
+
+def test_option_trie_shares_prefixes(tokenizer) -> None:
+    from ftkit.evaluation.inference import OptionTrie
+
+    options = _intent_options(tokenizer)
+    trie = OptionTrie.build(options)
+    prefixes = {tuple(o[: j + 1]) for o in options for j in range(len(o) - 1)}
+    assert len(trie.tokens) == len(prefixes) < sum(len(o) - 1 for o in options)  # shared, not repeated
+    assert len(trie.picks) == sum(len(o) for o in options)  # every option token is scored once
+    sees = trie.ancestry()
+    for i, parent in enumerate(trie.parents):  # a node sees its parent and everything its parent sees
+        assert sees[i, i] and (parent < 0 or bool((sees[i] >= sees[parent]).all()))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_trie_scores_pick_the_labels_full_sequences_pick(tiny_model_dir, tokenizer, attention) -> None:
+    """The scaled-up scorer (trie, tree mask, rows bounded by memory) gives each prompt the label that scoring
+    every label's whole sequence separately gives (what the scorer before it computed), in any pass size."""
+    from ftkit.evaluation.inference import score_options
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attention)
+    model.eval()
+    prompts = [
+        "Query: my card has not arrived yet\nIntent:",
+        "Query: how do I link my card to the app? it keeps failing\nIntent:",
+        "Query: pin\nIntent:",
+    ]
+    options = _intent_options(tokenizer)
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
+    whole = score_options(model, tokenizer.pad_token_id, ids, options)
+    one_row_per_pass = score_options(model, tokenizer.pad_token_id, ids, options, budget=1)
+    for i, prompt in enumerate(prompts):
+        expected = [
+            _full_sequence_logprob(model, encode_prompt_completion(tokenizer, prompt, f" {label}", 64))
+            for label in INTENTS
+        ]
+        assert whole[i] == pytest.approx(expected, abs=2e-4)
+        assert one_row_per_pass[i] == pytest.approx(expected, abs=2e-4)
+        assert whole[i].index(max(whole[i])) == expected.index(max(expected))
+
+
+def test_batched_greedy_replies_equal_one_at_a_time(tiny, tokenizer) -> None:
+    """Left padding, the attention mask and the KV cache leave each prompt's greedy reply as it is alone."""
+    from ftkit.evaluation.inference import generate_greedy
+
+    prompts = [
+        tokenizer(text)["input_ids"]
+        for text in ("Q: hi\nA:", "Question: which parcel carrier delivers on Sundays in the city?\nAnswer:", "x")
+    ]
+    batched = generate_greedy(tiny, tokenizer, prompts, max_new_tokens=12)
+    alone = [generate_greedy(tiny, tokenizer, [prompt], max_new_tokens=12)[0] for prompt in prompts]
+    assert batched == alone
+    assert all(batched)  # a random model still says something: the comparison is not of empty strings

@@ -26,7 +26,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import evaluate
 
-__all__ = ["available_metrics", "available_per_example", "compute", "load_metric", "metric_path", "per_example"]
+    from ftkit.evaluation.stats import SumStatistic
+
+__all__ = [
+    "available_metrics",
+    "available_per_example",
+    "compute",
+    "load_metric",
+    "metric_path",
+    "per_example",
+    "sum_statistic",
+]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -38,6 +48,9 @@ _PER_EXAMPLE: dict[str, tuple[str, str, str | None]] = {
     "rouge_l": ("rouge_l", "example_scores", None),
     "chrf": ("chrf", "example_scores", None),
 }
+
+# corpus metrics that are a function of summed per-example statistics -> (submodule, statistics, score of sums)
+_SUM_STATISTICS: dict[str, tuple[str, str, str]] = {"chrf": ("chrf", "statistics", "score_of_sums")}
 
 
 def available_metrics() -> list[str]:
@@ -107,3 +120,15 @@ def per_example(name: str, predictions: Sequence[str], references: Sequence[Any]
     scorer: Callable[..., Any] = getattr(importlib.import_module(f"{__name__}.{module_name}"), func_name)
     scores = scorer(predictions, references, **kwargs)
     return list(scores[key] if key is not None else scores)
+
+
+def sum_statistic(name: str, predictions: Sequence[str], references: Sequence[Any]) -> SumStatistic:
+    """A corpus metric as per-example sufficient statistics and the metric of their sum (`chrf`: sacrebleu's
+    n-gram counts), for bootstraps that resample by index sums instead of recomputing the metric."""
+    from ftkit.evaluation.stats import SumStatistic
+
+    if name not in _SUM_STATISTICS:
+        raise _unknown("sum-statistic metric", name, sorted(_SUM_STATISTICS))
+    module_name, rows_name, score_name = _SUM_STATISTICS[name]
+    module = importlib.import_module(f"{__name__}.{module_name}")
+    return SumStatistic(getattr(module, rows_name)(predictions, references), getattr(module, score_name))

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TypedDict, Unpack
 
 import evaluate
+import numpy as np
 from sacrebleu.metrics import CHRF
 
 from ._text import References, as_reference_lists, check_lengths, metric_info, text_features
@@ -56,6 +57,11 @@ class ChrfOptions(TypedDict, total=False):
 def _chrf(predictions: Sequence[str], references: Sequence[References], options: ChrfOptions) -> CHRF:
     """The scorer, once the inputs are known to be aligned and non-empty and the options known."""
     check_lengths(predictions, references)
+    return _scorer(options)
+
+
+def _scorer(options: ChrfOptions) -> CHRF:
+    """sacrebleu's CHRF with these options, refusing unknown ones."""
     unknown = sorted(set(options) - ChrfOptions.__optional_keys__)
     if unknown:  # what a signature with the three named parameters would refuse
         raise TypeError(f"unexpected chrF option(s) {unknown}; known: {sorted(ChrfOptions.__optional_keys__)}")
@@ -70,6 +76,27 @@ def corpus_score(predictions: Sequence[str], references: Sequence[References], *
     # sacrebleu annotates reference streams as str only, but documents and skips None (a missing reference).
     streams = _reference_streams(references)
     return float(metric.corpus_score(list(predictions), streams).score)  # type: ignore[arg-type]
+
+
+def statistics(
+    predictions: Sequence[str], references: Sequence[References], **options: Unpack[ChrfOptions]
+) -> np.ndarray:
+    """Each example's chrF sufficient statistics, one row per example: sacrebleu's hypothesis, reference
+    and match counts per n-gram order (the best-matching reference's, where there are several).
+
+    Corpus chrF is a function of their column sums (`score_of_sums`), as sacrebleu computes it, so the
+    corpus chrF of a bootstrap resample is an index sum, not a re-extraction of every n-gram.
+    """
+    metric = _chrf(predictions, references, options)
+    streams = _reference_streams(references)
+    return np.asarray(metric._extract_corpus_statistics(list(predictions), streams), dtype=np.int64)  # type: ignore[arg-type]
+
+
+def score_of_sums(totals: np.ndarray, **options: Unpack[ChrfOptions]) -> float:
+    """Corpus chrF (0..100) from summed `statistics` rows: sacrebleu's own last step, on exact integer sums,
+    so it equals `corpus_score` of the same examples bit for bit."""
+    metric = _scorer(options)
+    return float(metric._compute_score_from_stats([int(count) for count in totals]).score)
 
 
 def example_scores(
