@@ -3,7 +3,7 @@
 A family's tiny model (2 layers, hidden 64) is built from its real transformers config class. Its tokenizer
 is of the family's kind: byte-level BPE families reuse the default model's real tokenizer with the
 family's special tokens added; SentencePiece families (Mistral, Gemma, Phi-3) get one trained here, in a
-fraction of a second, on the project's own data with `tokenizers` (BPE or Unigram, Metaspace). The chat
+fraction of a second, on the project's own data with `tokenizers` (BPE with byte fallback, or Unigram; Metaspace). The chat
 template is the family's published one, read from `../shared/reference/chat_templates/` beside the
 repository (provenance in its PROVENANCE.md); base families (GPT-2, Pythia) ship none.
 """
@@ -182,7 +182,7 @@ def sentencepiece_tokenizer(family: Family) -> Any:
         bpe = SentencePieceBPETokenizer(unk_token=family.unk)
         bpe.normalizer = normalizers.NFKC()
         bpe.train_from_iterator(corpus(), vocab_size=1500, special_tokens=specials, initial_alphabet=["\n"])
-        trained = bpe
+        trained = with_byte_fallback(bpe)
     return PreTrainedTokenizerFast(
         tokenizer_object=trained._tokenizer,
         bos_token=family.bos,
@@ -191,6 +191,22 @@ def sentencepiece_tokenizer(family: Family) -> Any:
         pad_token=family.pad,
         additional_special_tokens=list(family.specials),
     )
+
+
+def with_byte_fallback(trained: Any) -> Any:
+    """A SentencePiece BPE tokenizer with the 256 byte tokens <0x00>..<0xFF> that Mistral's, Phi-3's and Gemma's
+    vocabularies carry: a character outside the vocabulary becomes its UTF-8 bytes, not <unk> (llama.cpp's
+    SentencePiece tokenizer requires them)."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads(trained._tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    for byte in range(256):
+        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+    spec["model"]["byte_fallback"] = True
+    spec["decoder"] = {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, spec["decoder"]]}
+    trained._tokenizer = Tokenizer.from_str(json.dumps(spec))
+    return trained
 
 
 def bpe_tokenizer(family: Family, default_model_dir: Path) -> Any:
