@@ -3,7 +3,7 @@
 A family's tiny model (2 layers, hidden 64) is built from its real transformers config class. Its tokenizer
 is of the family's kind: byte-level BPE families reuse the default model's real tokenizer with the
 family's special tokens added; SentencePiece families (Mistral, Gemma, Phi-3) get one trained here, in a
-fraction of a second, on the project's own data with `tokenizers` (BPE with byte fallback, or Unigram; Metaspace). The chat
+fraction of a second, on the project's own data with `tokenizers` (BPE with byte fallback, or Unigram) in SentencePiece's layout. The chat
 template is the family's published one, read from `../shared/reference/chat_templates/` beside the
 repository (provenance in its PROVENANCE.md); base families (GPT-2, Pythia) ship none.
 """
@@ -177,12 +177,12 @@ def sentencepiece_tokenizer(family: Family) -> Any:
         unigram.train_from_iterator(
             corpus(), vocab_size=1500, special_tokens=specials, unk_token=family.unk, initial_alphabet=["\n"]
         )
-        trained: Any = unigram
+        trained: Any = sentencepiece_layout(unigram, byte_fallback=False)
     else:
         bpe = SentencePieceBPETokenizer(unk_token=family.unk)
         bpe.normalizer = normalizers.NFKC()
         bpe.train_from_iterator(corpus(), vocab_size=1500, special_tokens=specials, initial_alphabet=["\n"])
-        trained = with_byte_fallback(bpe)
+        trained = sentencepiece_layout(bpe, byte_fallback=True)
     return PreTrainedTokenizerFast(
         tokenizer_object=trained._tokenizer,
         bos_token=family.bos,
@@ -193,18 +193,27 @@ def sentencepiece_tokenizer(family: Family) -> Any:
     )
 
 
-def with_byte_fallback(trained: Any) -> Any:
-    """A SentencePiece BPE tokenizer with the 256 byte tokens <0x00>..<0xFF> that Mistral's, Phi-3's and Gemma's
-    vocabularies carry: a character outside the vocabulary becomes its UTF-8 bytes, not <unk> (llama.cpp's
-    SentencePiece tokenizer requires them)."""
+def sentencepiece_layout(trained: Any, byte_fallback: bool) -> Any:
+    """The layout of Mistral's, Phi-3's and Gemma's own tokenizer.json (SentencePiece's): '▁' prepended to each text
+    and spaces replaced by '▁' in the normalizer, no pre-tokenizer split; for BPE the 256 byte tokens
+    <0x00>..<0xFF>, so a character outside the vocabulary becomes its UTF-8 bytes, not <unk>."""
     from tokenizers import Tokenizer
 
     spec = json.loads(trained._tokenizer.to_str())
-    vocab = spec["model"]["vocab"]
-    for byte in range(256):
-        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
-    spec["model"]["byte_fallback"] = True
-    spec["decoder"] = {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, spec["decoder"]]}
+    spec["normalizer"] = {
+        "type": "Sequence",
+        "normalizers": [spec["normalizer"], {"type": "Prepend", "prepend": "▁"}]
+        + [{"type": "Replace", "pattern": {"String": " "}, "content": "▁"}],
+    }
+    spec["pre_tokenizer"] = None
+    decoders = [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "}]
+    if byte_fallback:
+        vocab = spec["model"]["vocab"]
+        for byte in range(256):
+            vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+        spec["model"]["byte_fallback"] = True
+        decoders += [{"type": "ByteFallback"}, {"type": "Fuse"}]
+    spec["decoder"] = {"type": "Sequence", "decoders": [*decoders, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
     trained._tokenizer = Tokenizer.from_str(json.dumps(spec))
     return trained
 

@@ -59,14 +59,19 @@ def write_vocab(writer: Any, tokenizer: Any, folder: Path, vocab_size: int) -> N
     if kind == "unigram":
         writer.add_remove_extra_whitespaces(False)  # transformers' Unigram keeps runs of spaces as they are
     special = gguf.SpecialVocab(folder, load_merges=kind == "bpe", n_vocab=vocab_size)
+    ids = tokenizer("a")["input_ids"]  # what the tokenizer adds around a text, as it does it (not as configs claim)
+    special.add_special_token = {
+        "bos": tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id],
+        "eos": tokenizer.eos_token_id is not None and ids[-1:] == [tokenizer.eos_token_id],
+    }
     special.add_to_gguf(writer, quiet=True)
 
 
 def _kind(spec: dict[str, Any]) -> str:
-    model, decoder = spec["model"]["type"], json.dumps(spec.get("decoder"))
+    model, decoder = spec["model"]["type"], json.dumps(spec.get("decoder"), ensure_ascii=False)
     if model == "BPE" and '"ByteLevel"' in decoder:
         return "bpe"
-    if model == "BPE" and '"Metaspace"' in decoder:
+    if model == "BPE" and ("▁" in decoder or '"Metaspace"' in decoder):  # SentencePiece's word marker
         if not any(BYTE_TOKEN.fullmatch(token) for token in spec["model"]["vocab"]):
             raise ExportError(
                 "GGUF export: this SentencePiece tokenizer has no byte-fallback tokens (<0x00>..<0xFF>); "
