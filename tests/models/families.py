@@ -3,9 +3,10 @@
 A family's tiny model (2 layers, hidden 64) is built from its real transformers config class. Its tokenizer
 is of the family's kind: byte-level BPE families reuse the default model's real tokenizer with the
 family's special tokens added; SentencePiece families (Mistral, Gemma, Phi-3) get one trained here, in a
-fraction of a second, on the project's own data with `tokenizers` (BPE with byte fallback, or Unigram) in SentencePiece's layout. The chat
-template is the family's published one, read from `../shared/reference/chat_templates/` beside the
-repository (provenance in its PROVENANCE.md); base families (GPT-2, Pythia) ship none.
+fraction of a second, on the project's own data with `tokenizers` (BPE with byte fallback, or Unigram), laid
+out as those families' tokenizer.json files are. The chat template is the family's published one, read from
+`../shared/reference/chat_templates/` beside the repository (provenance in its PROVENANCE.md); base families
+(GPT-2, Pythia) ship none.
 """
 
 from __future__ import annotations
@@ -16,16 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ftkit.export.gguf.vocab import LLAMA3_SPLIT
 from tests.conftest import REPO
 
 TEMPLATES = REPO.parent / "shared" / "reference" / "chat_templates"
 DATA = REPO / "data"
 # The pre-tokenizer split of Llama 3 and Qwen2/3's tokenizers (their tokenizer.json): runs of newlines are one
 # piece, so "\n\n" before a reply tokenises as it does at the end of a generation prompt.
-SPLIT_LLAMA3 = "|".join(
-    [r"(?i:'s|'t|'re|'ve|'m|'ll|'d)", r"[^\r\n\p{L}\p{N}]?\p{L}+", r"\p{N}{1,3}", r" ?[^\s\p{L}\p{N}]+[\r\n]*"]
-    + [r"\s*[\r\n]+", r"\s+(?!\S)", r"\s+"]
-)
+SPLIT_LLAMA3 = LLAMA3_SPLIT  # llama.cpp checks it independently: its own "llama-bpe" split must tokenise alike
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 
@@ -213,7 +212,10 @@ def sentencepiece_layout(trained: Any, byte_fallback: bool) -> Any:
             vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
         spec["model"]["byte_fallback"] = True
         decoders += [{"type": "ByteFallback"}, {"type": "Fuse"}]
-    spec["decoder"] = {"type": "Sequence", "decoders": [*decoders, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+    spec["decoder"] = {
+        "type": "Sequence",
+        "decoders": [*decoders, {"type": "Strip", "content": " ", "start": 1, "stop": 0}],
+    }
     trained._tokenizer = Tokenizer.from_str(json.dumps(spec))
     return trained
 

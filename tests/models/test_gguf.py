@@ -24,7 +24,7 @@ from ftkit.tasks.sentiment import SentimentOptions
 from tests.models.families import BY_NAME, FAMILIES, rows
 from tests.models.test_families import tokenizer_of
 
-DTYPES = ["f32", "f16", "q8_0", "q4_0"]
+DTYPES = ["f32", "f16", "q8_0"]  # q4_0 measured by hand (docs): on random tiny models its top-1 is tie noise
 ARCHITECTURE = {
     "llama3": "llama",
     "mistral": "llama",

@@ -32,6 +32,13 @@ def version() -> str:
     return f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"
 
 
+def threads() -> int:
+    """llama.cpp's threads: FTKIT_LLAMA_CPP_THREADS, else 1. Its threads meet at a barrier after every op, so on a
+    shared machine one thread waiting for a busy core stalls them all (0.6 s per decode of a tiny model measured
+    with 2 threads on 2 loaded cores); raise it on a machine of your own."""
+    return int(os.environ.get("FTKIT_LLAMA_CPP_THREADS", "1"))
+
+
 @dataclass
 class PromptCache:
     """What `past_key_values` stands for here: each row's tokens so far (llama.cpp keeps the real cache)."""
@@ -54,7 +61,7 @@ class LlamaCppModel:
                 n_ctx=context,
                 n_batch=min(context, 512),
                 logits_all=True,  # every position's logits, for label scoring and the checks
-                n_threads=os.cpu_count() or 1,
+                n_threads=threads(),
                 verbose=False,
             )
         except ValueError as error:  # llama-cpp-python's one error for a file llama.cpp cannot load
@@ -75,7 +82,9 @@ class LlamaCppModel:
     def logits(self, tokens: list[int]) -> torch.Tensor:
         """Logits at every position of `tokens` ([len, vocab]), re-using what the context already holds."""
         if len(tokens) > self.llm.n_ctx():
-            raise ExportError(f"a probe of {len(tokens)} tokens is longer than the llama.cpp context {self.llm.n_ctx()}")
+            raise ExportError(
+                f"a probe of {len(tokens)} tokens is longer than the llama.cpp context {self.llm.n_ctx()}"
+            )
         held = self.llm.input_ids[: self.llm.n_tokens].tolist()
         keep = 0
         while keep < min(len(held), len(tokens)) and held[keep] == tokens[keep]:

@@ -23,13 +23,14 @@ from ftkit.export import ExportError
 
 # llama.cpp's names for the byte-level pre-tokenizer splits it implements, keyed by the split regex a
 # tokenizer.json carries (None: ByteLevel's own GPT-2 regex). The regexes are the families' published ones.
-_LLAMA3 = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+LLAMA3_SPLIT = "|".join(
+    [r"(?i:'s|'t|'re|'ve|'m|'ll|'d)", r"[^\r\n\p{L}\p{N}]?\p{L}+", r"\p{N}{1,3}", r" ?[^\s\p{L}\p{N}]+[\r\n]*"]
+    + [r"\s*[\r\n]+", r"\s+(?!\S)", r"\s+"]
 )
 PRE_TOKENIZERS = {
     None: "gpt-2",
-    _LLAMA3: "llama-bpe",
-    _LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}"): "qwen2",
+    LLAMA3_SPLIT: "llama-bpe",
+    LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}"): "qwen2",
 }
 BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 

@@ -88,7 +88,9 @@ def _state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def _vocab_rows(state: dict[str, torch.Tensor]) -> int:
-    embedding = next(t for n, t in state.items() if n.endswith(("embed_tokens.weight", "wte.weight", "embed_in.weight")))
+    embedding = next(
+        t for n, t in state.items() if n.endswith(("embed_tokens.weight", "wte.weight", "embed_in.weight"))
+    )
     return int(embedding.shape[0])
 
 
