@@ -211,10 +211,10 @@ def sentencepiece_layout(trained: Any, byte_fallback: bool) -> Any:
         for byte in range(256):
             vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
         spec["model"]["byte_fallback"] = True
-        decoders += [{"type": "ByteFallback"}, {"type": "Fuse"}]
+        decoders.append({"type": "ByteFallback"})
     spec["decoder"] = {
         "type": "Sequence",
-        "decoders": [*decoders, {"type": "Strip", "content": " ", "start": 1, "stop": 0}],
+        "decoders": [*decoders, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}],
     }
     trained._tokenizer = Tokenizer.from_str(json.dumps(spec))
     return trained

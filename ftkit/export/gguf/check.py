@@ -22,7 +22,7 @@ from ftkit.export.verify import Outputs, Probes, compare, logits_of, outputs_of
 
 # Per file type: the largest |logit difference| from the merged fp32 model, and the least next-token
 # agreement, that a file may show and still be kept (measured bounds, docs/export-and-serving.md).
-TOLERANCE = {"f32": 1e-3, "f16": 0.5, "q8_0": 1.0, "q4_0": 4.0, "q4_k_m": 4.0}
+TOLERANCE = {"f32": 2e-3, "f16": 0.5, "q8_0": 1.0, "q4_0": 4.0, "q4_k_m": 4.0}
 AGREEMENT = {"f32": 0.98, "f16": 0.99, "q8_0": 0.9, "q4_0": 0.5, "q4_k_m": 0.5}
 GENERATION_TOKENS = 16
 ODD_TEXTS = (
