@@ -101,3 +101,14 @@ def test_a_wrong_pre_tokenizer_is_caught_by_llama_cpp(
     write_gguf(folder, tmp_path / "m.gguf", "f32", "m")
     with pytest.raises(ExportError, match="encodes .* texts differently"):
         check_gguf(folder, tmp_path / "m.gguf", family_probes("llama3", tokenizer_of(folder)), "f32")
+
+
+def test_without_llama_cpp_transformers_judges_and_says_so(
+    family_dir: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = family_dir("qwen2.5")
+    write_gguf(folder, tmp_path / "m.gguf", "f32", "m")
+    monkeypatch.setattr(llamacpp, "available", lambda: False)
+    check = check_gguf(folder, tmp_path / "m.gguf", family_probes("qwen2.5", tokenizer_of(folder)), "f32")
+    assert check.judge == "transformers" and check.generations == 0  # transformers' reader is not asked to generate
+    assert check.max_abs_logit_diff < 1e-3 and check.tokenizer_texts >= 7
