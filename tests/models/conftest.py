@@ -86,3 +86,29 @@ def family_run(family_recipe: Callable[..., Path]) -> Callable[[str], Path]:
         return done[name]
 
     return get
+
+
+GGUF_ROWS: list[dict[str, Any]] = []
+
+
+@pytest.fixture
+def gguf_table() -> list[dict[str, Any]]:
+    """Where test_gguf.py puts each family's llama.cpp measurements, printed as one table at the end."""
+    return GGUF_ROWS
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The per-architecture table of llama.cpp against transformers (`make verify-export` prints it)."""
+    if not GGUF_ROWS:
+        return
+    terminalreporter.section("GGUF in llama.cpp vs transformers (tests/models/test_gguf.py)")
+    terminalreporter.write_line(
+        "family   architecture dtype  tokenization  greedy equal  top-1 agree  max |Δlogit|  (bounds: top-1, |Δ|)"
+    )
+    for row in sorted(GGUF_ROWS, key=lambda r: (r["family"], r["dtype"])):
+        terminalreporter.write_line(
+            f"{row['family']:<8} {row['architecture']:<12} {row['dtype']:<6} "
+            f"{'identical' if row['tokenizer_texts'] else '-':<13} {row['generations_equal']}/{row['generations']:<11} "
+            f"{row['next_token_agreement']:<12.1%} {row['max_abs_logit_diff']:<13.3g} "
+            f"(>= {row['min_agreement']:.0%}, <= {row['tolerance']:g})  [{row['judge']}]"
+        )

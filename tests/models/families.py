@@ -3,9 +3,10 @@
 A family's tiny model (2 layers, hidden 64) is built from its real transformers config class. Its tokenizer
 is of the family's kind: byte-level BPE families reuse the default model's real tokenizer with the
 family's special tokens added; SentencePiece families (Mistral, Gemma, Phi-3) get one trained here, in a
-fraction of a second, on the project's own data with `tokenizers` (BPE or Unigram, Metaspace). The chat
-template is the family's published one, read from `../shared/reference/chat_templates/` beside the
-repository (provenance in its PROVENANCE.md); base families (GPT-2, Pythia) ship none.
+fraction of a second, on the project's own data with `tokenizers` (BPE with byte fallback, or Unigram), laid
+out as those families' tokenizer.json files are. The chat template is the family's published one, read from
+`../shared/reference/chat_templates/` beside the repository (provenance in its PROVENANCE.md); base families
+(GPT-2, Pythia) ship none.
 """
 
 from __future__ import annotations
@@ -16,16 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ftkit.export.gguf.vocab import LLAMA3_SPLIT
 from tests.conftest import REPO
 
 TEMPLATES = REPO.parent / "shared" / "reference" / "chat_templates"
 DATA = REPO / "data"
 # The pre-tokenizer split of Llama 3 and Qwen2/3's tokenizers (their tokenizer.json): runs of newlines are one
 # piece, so "\n\n" before a reply tokenises as it does at the end of a generation prompt.
-SPLIT_LLAMA3 = "|".join(
-    [r"(?i:'s|'t|'re|'ve|'m|'ll|'d)", r"[^\r\n\p{L}\p{N}]?\p{L}+", r"\p{N}{1,3}", r" ?[^\s\p{L}\p{N}]+[\r\n]*"]
-    + [r"\s*[\r\n]+", r"\s+(?!\S)", r"\s+"]
-)
+SPLIT_LLAMA3 = LLAMA3_SPLIT  # llama.cpp checks it independently: its own "llama-bpe" split must tokenise alike
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 
@@ -177,12 +176,12 @@ def sentencepiece_tokenizer(family: Family) -> Any:
         unigram.train_from_iterator(
             corpus(), vocab_size=1500, special_tokens=specials, unk_token=family.unk, initial_alphabet=["\n"]
         )
-        trained: Any = unigram
+        trained: Any = sentencepiece_layout(unigram, byte_fallback=False)
     else:
         bpe = SentencePieceBPETokenizer(unk_token=family.unk)
         bpe.normalizer = normalizers.NFKC()
         bpe.train_from_iterator(corpus(), vocab_size=1500, special_tokens=specials, initial_alphabet=["\n"])
-        trained = bpe
+        trained = sentencepiece_layout(bpe, byte_fallback=True)
     return PreTrainedTokenizerFast(
         tokenizer_object=trained._tokenizer,
         bos_token=family.bos,
@@ -191,6 +190,34 @@ def sentencepiece_tokenizer(family: Family) -> Any:
         pad_token=family.pad,
         additional_special_tokens=list(family.specials),
     )
+
+
+def sentencepiece_layout(trained: Any, byte_fallback: bool) -> Any:
+    """The layout of Mistral's, Phi-3's and Gemma's own tokenizer.json (SentencePiece's): '▁' prepended to each text
+    and spaces replaced by '▁' in the normalizer, no pre-tokenizer split; for BPE the 256 byte tokens
+    <0x00>..<0xFF>, so a character outside the vocabulary becomes its UTF-8 bytes, not <unk>."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads(trained._tokenizer.to_str())
+    spec["normalizer"] = {
+        "type": "Sequence",
+        "normalizers": [spec["normalizer"], {"type": "Prepend", "prepend": "▁"}]
+        + [{"type": "Replace", "pattern": {"String": " "}, "content": "▁"}],
+    }
+    spec["pre_tokenizer"] = None
+    decoders = [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "}]
+    if byte_fallback:
+        vocab = spec["model"]["vocab"]
+        for byte in range(256):
+            vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+        spec["model"]["byte_fallback"] = True
+        decoders.append({"type": "ByteFallback"})
+    spec["decoder"] = {
+        "type": "Sequence",
+        "decoders": [*decoders, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}],
+    }
+    trained._tokenizer = Tokenizer.from_str(json.dumps(spec))
+    return trained
 
 
 def bpe_tokenizer(family: Family, default_model_dir: Path) -> Any:
