@@ -33,9 +33,8 @@ def frozen_in_compute_dtype(model: Any) -> Iterator[None]:
     weights whose values the compute dtype holds exactly are cast (those that were up-cast), LoRA
     weights never, so the numbers are `ftkit eval`'s and the round trip loses nothing.
     """
-    dtype = next(
-        (m.compute_dtype for m in model.modules() if isinstance(getattr(m, "compute_dtype", None), torch.dtype)), None
-    )
+    modules = model.modules() if isinstance(model, torch.nn.Module) else ()  # llama.cpp's model has none
+    dtype = next((m.compute_dtype for m in modules if isinstance(getattr(m, "compute_dtype", None), torch.dtype)), None)
     cast = []
     if dtype is not None and dtype != torch.float32:
         for name, param in model.named_parameters():
@@ -213,7 +212,12 @@ def score_options(
     nothing is repeated per option; the LM head runs only at the prompt's last position and the
     trie nodes, and the log-normaliser is taken one row at a time in float32. Rows per pass are
     bounded by `budget` bytes. Options must be non-empty (label tokens, usually ending in EOS).
+
+    A model that cannot take a tree mask but scores options itself (llama.cpp's, `export/gguf/llamacpp.py`)
+    answers through its own `score_options(prompts, options)`, with the same meaning.
     """
+    if hasattr(model, "score_options"):
+        return model.score_options(prompts, options)
     trie = OptionTrie.build(options)
     device = input_device(model)
     nodes = torch.tensor(trie.picks, dtype=torch.long, device=device)  # (node, token, option) per scored token

@@ -1,9 +1,10 @@
 """llama.cpp, the program that serves the file, as the judge of what ftkit wrote (llama-cpp-python).
 
 `LlamaCppModel` wraps a GGUF file loaded by llama.cpp in the few calls ftkit's own inference makes of a
-transformers causal LM (`model(input_ids, attention_mask, past_key_values, logits_to_keep)`,
+transformers causal LM (`model(input_ids, attention_mask, logits_to_keep)`,
 `model.generate`), so the export checks and a task's own `predict` (label scoring, generation) run
-unchanged on llama.cpp's logits. Rows run one at a time; llama.cpp's KV cache keeps the common prefix
+unchanged on llama.cpp's logits (label scoring through `score_options`, which `inference.score_options`
+hands to it: llama.cpp takes no tree mask). Rows run one at a time; llama.cpp's KV cache keeps the common prefix
 of consecutive sequences, so scoring K labels after one prompt evaluates the prompt once.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -37,16 +38,6 @@ def threads() -> int:
     shared machine one thread waiting for a busy core stalls them all (0.6 s per decode of a tiny model measured
     with 2 threads on 2 loaded cores); raise it on a machine of your own."""
     return int(os.environ.get("FTKIT_LLAMA_CPP_THREADS", "1"))
-
-
-@dataclass
-class PromptCache:
-    """What `past_key_values` stands for here: each row's tokens so far (llama.cpp keeps the real cache)."""
-
-    rows: list[list[int]] = field(default_factory=list)
-
-    def batch_repeat_interleave(self, times: int) -> None:
-        self.rows = [row for row in self.rows for _ in range(times)]
 
 
 class LlamaCppModel:
@@ -99,27 +90,35 @@ class LlamaCppModel:
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: PromptCache | None = None,
-        use_cache: bool = False,
         logits_to_keep: int = 0,
         **_: Any,
     ) -> SimpleNamespace:
-        """Logits of each row's unmasked tokens after its cached ones, at their columns; zeros elsewhere."""
+        """Logits of each row's unmasked tokens at their columns; zeros elsewhere."""
         width = input_ids.shape[1]
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask[:, -width:]
         keep = logits_to_keep or width
         out = torch.zeros(input_ids.shape[0], keep, self.llm.n_vocab())
-        contexts = []
         for i, (row, row_mask) in enumerate(zip(input_ids.tolist(), mask.tolist())):
-            before = past_key_values.rows[i] if past_key_values is not None else []
             columns = [j for j, m in enumerate(row_mask) if m]
-            context = before + [row[j] for j in columns]
-            logits = self.logits(context)[len(before) :]
+            logits = self.logits([row[j] for j in columns])
             for logit, column in zip(logits, columns):
                 if column >= width - keep:
                     out[i, column - (width - keep)] = logit
-            contexts.append(context)
-        return SimpleNamespace(logits=out, past_key_values=PromptCache(contexts) if use_cache else None)
+        return SimpleNamespace(logits=out)
+
+    @torch.inference_mode()
+    def score_options(self, prompts: Sequence[Sequence[int]], options: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Log-likelihood of every option after every prompt, as `inference.score_options` defines it; the
+        prompt is evaluated once per row (the context keeps it while the options are scored)."""
+        scores = []
+        for prompt in prompts:
+            row = []
+            for option in options:
+                logits = self.logits([*prompt, *option[:-1]])[len(prompt) - 1 :]  # the positions predicting option
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                row.append(float(logprobs[torch.arange(len(option)), torch.tensor(option)].sum()))
+            scores.append(row)
+        return scores
 
     @torch.inference_mode()
     def generate(
