@@ -19,7 +19,7 @@ from ftkit.ui.app import create_app
 from tests.live_server import serving
 from tests.ui.conftest import TOKEN, shoot
 
-STEPS = 16
+STEPS = 300  # long enough that Stop lands before the end even on idle cores (16 steps did not)
 OVERRIDES = f"train.max_steps={STEPS}\ntrain.save_every=2\ntrain.log_every=1"
 LOSS = 'svg.chart[data-metric="loss"]'
 
