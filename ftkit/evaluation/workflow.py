@@ -36,7 +36,7 @@ def evaluate_adapters(
     train = load_split(recipe, task, "train").examples if labelled else []
     drawn, notes = sample.held_out(task, train, examples, recipe, data.name if data else split)
     loaded = load_model(recipe.model)
-    model, names = _stack_adapters(loaded.model, loaded.tokenizer, adapters)
+    model, names = stack_adapters(loaded.model, loaded.tokenizer, adapters)
     report = evaluator.evaluate(
         task,
         model,
@@ -57,7 +57,7 @@ def evaluate_adapters(
     return 0
 
 
-def _stack_adapters(model: Any, tokenizer: Any, folders: list[Path]) -> tuple[Any, dict[str, str]]:
+def stack_adapters(model: Any, tokenizer: Any, folders: list[Path]) -> tuple[Any, dict[str, str]]:
     """Load every adapter onto one base model (switched per system), named by its folder."""
     names: dict[str, str] = {}
     for i, folder in enumerate(folders):
