@@ -133,10 +133,10 @@ def sweep(recipe_path: Path, overrides: list[str], space_path: Path, options: Op
     if options.resume:
         studies.wait_for_stale(study, storage, say)
     setup_s = time.perf_counter() - started
+    shape = f"a grid of {space.size} combinations" if space.size else "a space with ranges"
     say(
-        f"sweep {name}: {options.trials} trials of {space.size or 'a continuous space of'} "
-        f"{'combinations' if space.size else ''} ({type(study.sampler).__name__}, {type(study.pruner).__name__}), "
-        f"choosing by validation {metric}; data prepared in {setup_s:.1f} s -> {folder}"
+        f"sweep {name}: {options.trials} trials over {shape} ({type(study.sampler).__name__}, "
+        f"{type(study.pruner).__name__}), choosing by validation {metric}; data prepared in {setup_s:.1f} s -> {folder}"
     )
     objective = Objective(recipe_path, overrides, space, prepared, folder / "trials", metric, options.trials)
     if len(studies.finished(study)) < options.trials:
