@@ -18,8 +18,7 @@ from ftkit import runs
 from ftkit.data.prepared import prepare
 from ftkit.evaluation import evaluator, reports, sample
 from ftkit.evaluation.evaluator import Comparison, EvalReport
-from ftkit.evaluation.workflow import stack_adapters
-from ftkit.models import load_model
+from ftkit.evaluation.workflow import evaluate_on_one_base
 from ftkit.recipe import load_recipe
 
 
@@ -61,20 +60,8 @@ def test_best(
     )
     chosen = ranked[:2]
     labels = [f"trial {t.number} ({role})" for t, role in zip(chosen, ("winner", "runner-up"))]
-    loaded = load_model(recipe.model)
     folders = [runs.RunDir(Path(t.user_attrs["run_dir"])).adapter for t in chosen]
-    model, names = stack_adapters(loaded.model, loaded.tokenizer, folders)
-    report = evaluator.evaluate(
-        task,
-        model,
-        loaded.tokenizer,
-        drawn.examples,
-        dict(zip(labels, names.values())),
-        recipe.eval,
-        split="test",
-        sample=drawn,
-        warnings=notes,
-    )
+    report = evaluate_on_one_base(recipe, task, drawn, notes, folders, "test", labels)
     head = _head_to_head(task, report, metric) if len(chosen) == 2 else None
     written = reports.write_reports(report, out)
     return FinalTest(report, labels, head, written)
