@@ -110,7 +110,12 @@ def _markdown(summary: dict[str, Any], final: FinalTest | None) -> str:
     ]
     for r in summary["leaderboard"]:
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())
-        value = "—" if r["value"] is None else format_interval(r["value"], *(r["ci"] or (None, None)))
+        if r["value"] is None:
+            value = "—"
+        elif r["ci"] is None:
+            value = f"{r['value']:.3f} (last report; no CI for a pruned trial)"
+        else:
+            value = format_interval(r["value"], *r["ci"])
         state = r["state"] + (f" at step {r['pruned_at']}" if r["pruned_at"] else "")
         state += f" (retry of {r['retry_of']})" if r["retry_of"] is not None else ""
         lines.append(

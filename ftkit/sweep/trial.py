@@ -42,13 +42,15 @@ class ReportToTrial(TrainerCallback):
     def __init__(self, trial: optuna.Trial, metric: str) -> None:
         self.trial, self.key = trial, metric_key(metric)
         self.pruned_at: int | None = None
+        self.last = float("nan")  # the last value reported
 
     def on_evaluate(
         self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kw: Any
     ) -> None:
         if metrics is None or self.key not in metrics:
             return
-        self.trial.report(float(metrics[self.key]), state.global_step)
+        self.last = float(metrics[self.key])
+        self.trial.report(self.last, state.global_step)
         if self.trial.should_prune():
             self.pruned_at = state.global_step
             control.should_training_stop = True
@@ -85,14 +87,20 @@ class Objective:
             runs.write_text(run.recipe, recipe.to_yaml())
             watcher = ReportToTrial(trial, self.metric)
             result = train(recipe, run, self.prepared, callbacks=[watcher])
-            interval = self._validation_interval(recipe, result.model, result.tokenizer)
+            # A pruned trial is no candidate: its value is its last report (the pruner's), without the extra pass.
+            interval = (
+                None
+                if watcher.pruned_at is not None
+                else self._validation_interval(recipe, result.model, result.tokenizer)
+            )
+            value = watcher.last if interval is None else interval.point
             record = {
                 "number": trial.number,
                 "params": params,
                 "metric": self.metric,
-                "value": interval.point,
-                "ci": [_finite(interval.low), _finite(interval.high)],
-                "ci_method": interval.method,
+                "value": value,
+                "ci": None if interval is None else [_finite(interval.low), _finite(interval.high)],
+                "ci_method": None if interval is None else interval.method,
                 "kept_step": result.kept.step,
                 "steps": result.steps,
                 "pruned_at": watcher.pruned_at,
@@ -104,7 +112,7 @@ class Objective:
             trial.set_user_attr(key, record[key])
         if watcher.pruned_at is not None:
             raise optuna.TrialPruned(f"pruned at step {watcher.pruned_at}")
-        return interval.point
+        return value
 
     def _validation_interval(self, recipe: Recipe, model: Any, tokenizer: Any) -> Any:
         """The kept adapter's metric on the validation sample it was chosen on, with its bootstrap CI."""
