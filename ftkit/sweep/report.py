@@ -132,7 +132,7 @@ def _markdown(summary: dict[str, Any], final: FinalTest | None) -> str:
         ]
     lines += ["", "## Test", ""]
     if final is None:
-        lines.append("No finished trial to test (or this worker joined a sweep: the starting worker tests).")
+        lines.append("No trial finished: nothing to test.")
     else:
         lines += ["```", reports.render_table(final.report), "```", "", f"**{final.verdict()}.**"]
     lines += ["", f"![optimisation history]({HISTORY_PNG})", "", f"![parameter importances]({IMPORTANCE_PNG})", ""]

@@ -146,9 +146,12 @@ def sweep(recipe_path: Path, overrides: list[str], space_path: Path, options: Op
             catch=(QuotaReached,),
             callbacks=[progress(options.trials), studies.stop_at(options.trials)],  # type: ignore[list-item]
         )
+    if options.join:
+        say(f"worker done: {len(studies.finished(study))} trials finished; the starting worker tests and reports")
+        return 0
     best = report.ranked(study.get_trials(deepcopy=False), chosen.greater_is_better)
     final = None
-    if not options.join and best:
+    if best:
         say(f"testing trial {best[0].number} (winner) and the runner-up on the test split, beside the base model")
         final = test_best(recipe_path, overrides, best, metric, folder / "test")
         say(final.verdict())
