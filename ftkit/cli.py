@@ -566,6 +566,54 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return serve_ui(args.runs, **_options(args, "host", "port", "recipes"))
 
 
+SWEEP_PAGE = """\
+search hyperparameters with Optuna, choosing on validation, testing the winner once
+
+Search the recipe keys a space file names (adapter.r: [4, 8, 16], train.learning_rate: {low: 1.0e-5, \
+high: 1.0e-3, log: true}) with Optuna: the grid when every key is a list, TPE otherwise; trials whose \
+in-training validation metric (eval.select_metric) falls behind are pruned. Each trial is an ordinary run \
+directory, sweeps/<name>/trials/NNN/ (ftkit eval, compare, merge, export and chat work on it). Trials are \
+ranked on validation; the test split is read only at the end, where the winner and the runner-up are \
+evaluated once beside the base model, and the report says whether the winner is significantly better. \
+Writes sweeps/<name>/: study.db (SQLite), trials/, test/, sweep.json, report.md and Optuna's plots (PNG).
+
+Workers: several `--join` processes share a study in --storage (any SQLAlchemy URL, e.g. \
+postgresql://user@host/db); one per GPU (CUDA_VISIBLE_DEVICES=0, =1, ...); on a CPU box each worker \
+trains with every core, so on 2 cores one worker is the fastest. A killed worker's trial is failed after \
+3 missed heartbeats and re-run once with the same parameters.
+
+examples:
+  ftkit sweep recipes/sentiment-smollm2-qlora.yaml --space recipes/sweeps/sentiment-lora.yaml --trials 6
+  ftkit sweep recipes/sentiment-smollm2-qlora.yaml --space recipes/sweeps/sentiment-lora.yaml --resume
+  ftkit sweep recipes/x.yaml --space s.yaml --storage postgresql://ftkit@db/sweeps --trials 40
+  CUDA_VISIBLE_DEVICES=1 ftkit sweep recipes/x.yaml --space s.yaml --storage postgresql://ftkit@db/sweeps \
+--trials 40 --join
+"""
+
+
+def add_sweep(commands: Commands) -> None:
+    sweep = _subcommand(commands, cmd_sweep, SWEEP_PAGE)
+    _recipe_args(sweep)
+    sweep.add_argument("--space", type=Path, required=True, help="the space YAML: dotted recipe keys -> choices/range")
+    sweep.add_argument("--trials", type=int, default=10, metavar="N", help="finished trials to reach (default 10)")
+    sweep.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting trials after this long")
+    sweep.add_argument("--storage", metavar="URL", help="SQLAlchemy URL of a shared study (default: SQLite in --dir)")
+    sweep.add_argument("--dir", type=Path, dest="folder", help="sweep folder (default sweeps/<recipe name>)")
+    mode = sweep.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the sweep's study after an interruption")
+    mode.add_argument("--join", action="store_true", help="add this worker to a study others run (no final test)")
+    sweep.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median", help="default median")
+    sweep.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS", help="trial heartbeat (default 10 s)")
+    sweep.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0)")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ftkit.sweep.workflow import Options, sweep
+
+    names = ("trials", "timeout", "storage", "join", "resume", "folder", "heartbeat", "pruner", "seed")
+    return sweep(args.recipe, args.overrides, args.space, Options(**_options(args, *names)))
+
+
 COMMANDS: tuple[Callable[[Commands], None], ...] = (
     add_validate,
     add_train,
@@ -577,6 +625,7 @@ COMMANDS: tuple[Callable[[Commands], None], ...] = (
     add_chat,
     add_serve,
     add_ui,
+    add_sweep,
 )
 
 

@@ -11,6 +11,7 @@ reported problems with other toolkits; here they are counted before any weight i
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,21 +89,24 @@ class PreparedData:
             raise PreflightError("\n".join(self.fatal))
 
 
-def prepare(recipe: Recipe) -> PreparedData:
+def prepare(recipe: Recipe, held_out: Sequence[str] = HELD_OUT) -> PreparedData:
     """The recipe's task and tokenizer (no model weights), then every check below; a quantization the
-    model's layers cannot take is refused here, before anything else loads."""
+    model's layers cannot take is refused here, before anything else loads. `held_out` names the held-out
+    splits to load (a sweep leaves the test split unread until its search is over)."""
     source = resolve_source(recipe.model.source)
     task = get_task(recipe.task, recipe.data.max_length)
     tokenizer = load_tokenizer(source, recipe.model)
     check_quantizable(source, recipe.model)
-    return prepare_splits(recipe, task, tokenizer, source)
+    return prepare_splits(recipe, task, tokenizer, source, held_out)
 
 
-def prepare_splits(recipe: Recipe, task: Task, tokenizer: Any, source: str) -> PreparedData:
+def prepare_splits(
+    recipe: Recipe, task: Task, tokenizer: Any, source: str, held_out: Sequence[str] = HELD_OUT
+) -> PreparedData:
     """Load and tokenise every split, find train/held-out overlap, and collect fatal findings."""
     splits = {"train": load_split(recipe, task, "train")}
     task.observe(splits["train"].examples)
-    for name in HELD_OUT:
+    for name in held_out:
         if recipe.data.has_split(name):
             splits[name] = load_split(recipe, task, name)
     encoded = {}
@@ -113,7 +117,7 @@ def prepare_splits(recipe: Recipe, task: Task, tokenizer: Any, source: str) -> P
             raise DataError(f"{split.source}: no usable rows in split '{name}' (all {len(split.skipped)} skipped)")
     overlaps = [
         find_overlap(splits["train"].examples, splits[name].examples, name, recipe.data.near_duplicate_jaccard)
-        for name in HELD_OUT
+        for name in held_out
         if name in splits
     ]
     result = PreparedData(task, tokenizer, source, splits, encoded, overlaps)

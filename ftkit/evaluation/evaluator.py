@@ -174,7 +174,7 @@ def evaluate(
             predictions, seconds = predict_system(task, model, tokenizer, examples, cfg.batch_size, name)
         systems.append(score_system(task, name, predictions, seconds, examples, metric_names, cfg.bootstrap))
     comparisons = [
-        _compare(task, systems[0], system, metric, examples, cfg.bootstrap)
+        compare(task, systems[0], system, metric, examples, cfg.bootstrap)
         for system in systems[1:]
         for metric in metric_names
     ]
@@ -228,10 +228,11 @@ def _statistic(task: Task, metric: str) -> Callable[[Sequence[tuple[Any, Example
     return statistic
 
 
-def _compare(
+def compare(
     task: Task, base: SystemResult, other: SystemResult, metric: str, examples: list[Example], resamples: int
 ) -> Comparison:
-    """The paired test the task names for this metric, on the same examples."""
+    """The paired test the task names for this metric, on the same examples (`other` minus `base`; a sweep
+    compares its winner with its runner-up this way)."""
     lower = metric in task.lower_is_better
     test = task.paired_test(metric)
     if test == "mcnemar":

@@ -10,8 +10,11 @@ from ftkit.data.prepared import ready_task
 from ftkit.data.splits import load_split
 from ftkit.errors import FtkitError
 from ftkit.evaluation import evaluator, reports, sample
+from ftkit.evaluation.evaluator import EvalReport
+from ftkit.evaluation.sample import Sample
 from ftkit.models import load_model
 from ftkit.recipe import Recipe, load_recipe
+from ftkit.tasks import Task
 from ftkit.training import adapters
 
 
@@ -53,19 +56,7 @@ def _evaluate(
     labelled = data is None and task.label_of(examples[0]) is not None
     train = load_split(recipe, task, "train").examples if labelled else []
     drawn, notes = sample.held_out(task, train, examples, recipe, data.name if data else split)
-    loaded = load_model(recipe.model)
-    model, names = _stack_adapters(loaded.model, loaded.tokenizer, adapters)
-    report = evaluator.evaluate(
-        task,
-        model,
-        loaded.tokenizer,
-        drawn.examples,
-        names,
-        recipe.eval,
-        split=data.name if data else split,
-        sample=drawn,
-        warnings=notes,
-    )
+    report = evaluate_on_one_base(recipe, task, drawn, notes, adapters, data.name if data else split)
     written = reports.write_reports(report, out, train_log=run.train_log if run.train_log.is_file() else None)
     trackers.log_evaluation(reports.to_json(report), written, 0, under="eval")
     print(reports.render_table(report))
@@ -73,7 +64,27 @@ def _evaluate(
     return 0
 
 
-def _stack_adapters(model: Any, tokenizer: Any, folders: list[Path]) -> tuple[Any, dict[str, str]]:
+def evaluate_on_one_base(
+    recipe: Recipe,
+    task: Task,
+    drawn: Sample,
+    notes: list[str],
+    folders: list[Path],
+    split: str,
+    labels: list[str] | None = None,
+) -> EvalReport:
+    """Load the recipe's base once, stack the adapters on it and evaluate the base and each on the drawn examples;
+    the adapters are shown by `labels`, or by their folders (see `stack_adapters`)."""
+    loaded = load_model(recipe.model)
+    model, names = stack_adapters(loaded.model, loaded.tokenizer, folders)
+    if labels is not None:
+        names = dict(zip(labels, names.values()))
+    return evaluator.evaluate(
+        task, model, loaded.tokenizer, drawn.examples, names, recipe.eval, split=split, sample=drawn, warnings=notes
+    )
+
+
+def stack_adapters(model: Any, tokenizer: Any, folders: list[Path]) -> tuple[Any, dict[str, str]]:
     """Load every adapter onto one base model (switched per system), named by its folder."""
     names: dict[str, str] = {}
     for i, folder in enumerate(folders):

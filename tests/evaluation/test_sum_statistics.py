@@ -50,7 +50,7 @@ def test_chrf_intervals_and_paired_test_equal_todays_for_the_same_seed() -> None
     for system, predictions in zip(systems, (base, adapter)):
         today = bca_ci(list(zip(predictions, examples)), recomputed, n_resamples=100, seed=0)
         assert system.metrics["chrf"] == today
-    comparison = evaluator._compare(task, systems[0], systems[1], "chrf", examples, 100)
+    comparison = evaluator.compare(task, systems[0], systems[1], "chrf", examples, 100)
     paired = paired_bootstrap(
         list(zip(base, examples)), list(zip(adapter, examples)), recomputed, n_resamples=100, seed=0
     )

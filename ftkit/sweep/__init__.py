@@ -1,0 +1,1 @@
+"""`ftkit sweep`: hyperparameter search on Optuna that chooses on the validation split only."""
