@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-fast lint format bench bench-train bench-eval clean verify-export
+.PHONY: setup demo test test-fast lint format bench bench-train bench-eval clean verify-export postgresql
 # llama-cpp-python compiles llama.cpp from source: only the library (no tests, examples, server or curl), which
 # does not change what the library computes; the built wheel stays in pip's cache (~/.cache/pip), one per machine.
 LLAMA_CPP_CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF
@@ -44,10 +44,16 @@ $(CHROMIUM):
 	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
 	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium
 
-test: $(GGUF_STAMP) $(CHROMIUM)
+# tests/sweep/test_workers.py starts a throwaway PostgreSQL server (Debian's package) on a loopback port.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq postgresql; }
+
+test: $(GGUF_STAMP) $(CHROMIUM) postgresql
 	$(BIN)/python -m pytest
 
-test-fast: $(GGUF_STAMP) $(CHROMIUM)
+test-fast: $(GGUF_STAMP) $(CHROMIUM) postgresql
 	$(BIN)/python -m pytest -m "not slow"
 
 # `make verify-export`: every family's tiny model as GGUF in each type, llama.cpp against transformers, and the table.

@@ -24,9 +24,9 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def _server_bin() -> Path:
-    """Debian's server binaries (`apt-get install postgresql`; .ci/run installs it when absent)."""
+    """Debian's server binaries (`apt-get install postgresql`; `make test` installs it when absent)."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    assert found, "PostgreSQL is not installed: apt-get install -y postgresql (.ci/run does)"
+    assert found, "PostgreSQL is not installed: apt-get install -y postgresql (`make test` does)"
     return Path(found[-1]).parent
 
 
