@@ -140,8 +140,20 @@ def evaluations(log_history: Sequence[dict[str, Any]], key: str) -> list[dict[st
     return [{"step": step, "value": by_step[step]} for step in sorted(by_step)]
 
 
-def keep_adapter(model: Any, state: Any, chosen: Plan, stopped_early: bool) -> Kept:
-    """Load the best checkpoint's adapter weights into `model` (keep: best) and say what was kept and why."""
+def ended_by(callbacks: Sequence[TrainerCallback], state: Any) -> str | None:
+    """What ended training before `max_steps`: the Trainer's early stopping (its patience used up), or another
+    callback that asked to stop (a sweep's pruner); None when training ran to the end."""
+    if state.global_step >= state.max_steps:
+        return None
+    stopper = next((c for c in callbacks if isinstance(c, EarlyStoppingCallback)), None)
+    if stopper is not None and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience:
+        return "early stopping"
+    return "a callback's stop (e.g. a sweep's pruner)"
+
+
+def keep_adapter(model: Any, state: Any, chosen: Plan, ended: str | None) -> Kept:
+    """Load the best checkpoint's adapter weights into `model` (keep: best) and say what was kept and why;
+    `ended` is what stopped training before max_steps (`ended_by`), if anything did."""
     history = evaluations(state.log_history, chosen.key) if chosen.key else []
     common = {"metric": chosen.metric, "steps_trained": state.global_step, "evaluations": history or None}
     if chosen.keep == "last":
@@ -154,14 +166,14 @@ def keep_adapter(model: Any, state: Any, chosen: Plan, stopped_early: bool) -> K
     set_peft_model_state_dict(model, load_file(str(Path(best) / ADAPTER_WEIGHTS)))
     word = "highest" if chosen.greater_is_better else "lowest"
     reason = f"{word} validation {chosen.metric} ({state.best_metric:.4g}) of {len(history)} evaluations"
-    if stopped_early:
-        reason += f"; early stopping ended training at step {state.global_step}"
+    if ended is not None:
+        reason += f"; {ended} ended training at step {state.global_step}"
     return Kept(
         "best",
         int(state.best_global_step),
         reason,
         value=float(state.best_metric),
         checkpoint=Path(best).name,
-        early_stopped=stopped_early,
+        early_stopped=ended == "early stopping",
         **common,
     )

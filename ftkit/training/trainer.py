@@ -358,7 +358,7 @@ def train(
         raise
     wall = time.perf_counter() - started
     state = trainer.state
-    kept = selection.keep_adapter(model, state, chosen, stopped_early=state.global_step < state.max_steps)
+    kept = selection.keep_adapter(model, state, chosen, selection.ended_by(trainer.callback_handler.callbacks, state))
     gathered = distributed.gathered_state_dict(trainer)  # every process takes part; None unless sharded
     change = adapters.assert_moved(before, model) if not distributed.shards_parameters() else None
 

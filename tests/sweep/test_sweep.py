@@ -89,6 +89,8 @@ def test_the_median_pruner_stops_a_trial_behind_the_others(
     assert pruned, [(t.params, t.intermediate_values) for t in study.trials]
     for trial in pruned:
         assert trial.user_attrs["steps"] < 6 and Path(trial.user_attrs["run_dir"], "adapter").is_dir()
+        kept = json.loads(Path(trial.user_attrs["run_dir"], "kept.json").read_text(encoding="utf-8"))
+        assert not kept["early_stopped"] and "pruner" in kept["reason"], kept["reason"]  # not "early stopping"
 
 
 def _ftkit(*args: str) -> subprocess.Popen[bytes]:
