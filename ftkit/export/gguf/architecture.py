@@ -64,7 +64,8 @@ def _check_rope(config: Any) -> None:
 
 
 def first(config: Any, *keys: str) -> Any:
-    """The first of several config keys that is set (families name the same setting differently)."""
+    """The first of several config keys that is set, for the settings families name differently and transformers
+    does not alias (`attribute_map` already answers `hidden_size` for GPT-2's `n_embd`, and the like)."""
     for key in keys:
         value = getattr(config, key, None)
         if value is not None:
@@ -76,12 +77,11 @@ def write_hyperparameters(writer: Any, config: Any, arch_name: str) -> None:
     """The keys llama.cpp reads for this architecture, from the transformers config."""
     import gguf
 
-    hidden = first(config, "hidden_size", "n_embd")
-    heads = first(config, "num_attention_heads", "n_head")
+    hidden, heads = config.hidden_size, config.num_attention_heads  # GPT-2's n_embd, n_head: its attribute_map
     head_dim = getattr(config, "head_dim", None) or hidden // heads
-    writer.add_context_length(first(config, "max_position_embeddings", "n_positions"))
+    writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(hidden)
-    writer.add_block_count(first(config, "num_hidden_layers", "n_layer"))
+    writer.add_block_count(config.num_hidden_layers)
     if arch_name == "gpt2":  # GPT2Config has no intermediate_size: n_inner, or 4 x n_embd when unset
         writer.add_feed_forward_length(getattr(config, "n_inner", None) or 4 * hidden)
     else:
