@@ -49,8 +49,13 @@ def _rope(config: Any) -> dict[str, Any]:
     return {"rope_theta": getattr(config, "rope_theta", None), **scaling, **parameters}
 
 
+def _rope_kind(rope: dict[str, Any]) -> str:
+    """One reading of the RoPE kind for the check and the writer alike (older configs call it `type`)."""
+    return rope.get("rope_type") or rope.get("type") or "default"
+
+
 def _check_rope(config: Any) -> None:
-    kind = _rope(config).get("rope_type", _rope(config).get("type")) or "default"
+    kind = _rope_kind(_rope(config))
     if kind not in ("default", "linear"):
         raise ExportError(
             f"GGUF export: RoPE scaling '{kind}' is not written by ftkit (default and linear are); "
@@ -100,7 +105,7 @@ def write_hyperparameters(writer: Any, config: Any, arch_name: str) -> None:
         partial = rope.get("partial_rotary_factor") or getattr(config, "rotary_pct", None) or 1.0
         writer.add_rope_dimension_count(int(head_dim * partial))
         writer.add_rope_freq_base(float(rope["rope_theta"]))
-        if (rope.get("rope_type") or rope.get("type")) == "linear":
+        if _rope_kind(rope) == "linear":
             writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
             writer.add_rope_scaling_factor(float(rope["factor"]))
     if arch_name == "gemma2":
