@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ftkit.export import ExportError
+from ftkit.export.gguf.vocab import added_tokens
 
 
 @dataclass
@@ -50,7 +51,7 @@ def infer_role_template(tokenizer: Any) -> RoleTemplate:
     Two things the Jinja text holds that a Modelfile must not: a BOS token at the start when the GGUF
     already adds one (llama.cpp and Ollama add it on tokenising; both would double it), and a tail the
     template writes only after a finished conversation (Phi-3's EOS), which a prompt never has."""
-    bos = tokenizer.bos_token if _adds_bos(tokenizer) else None
+    bos = tokenizer.bos_token if added_tokens(tokenizer)["bos"] else None
 
     def render(messages: list[dict[str, str]], generation: bool = False) -> str:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
@@ -97,10 +98,6 @@ def infer_role_template(tokenizer: Any) -> RoleTemplate:
     template = RoleTemplate(prefix, suffix, r_generation[len(r_user) :], default_system)
     _check_translation(template, render)
     return template
-
-
-def _adds_bos(tokenizer: Any) -> bool:
-    return tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
 
 
 def _conversation_end(tokenizer: Any, texts: Sequence[str]) -> str:

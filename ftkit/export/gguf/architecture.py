@@ -49,8 +49,13 @@ def _rope(config: Any) -> dict[str, Any]:
     return {"rope_theta": getattr(config, "rope_theta", None), **scaling, **parameters}
 
 
+def _rope_kind(rope: dict[str, Any]) -> str:
+    """One reading of the RoPE kind for the check and the writer alike (older configs call it `type`)."""
+    return rope.get("rope_type") or rope.get("type") or "default"
+
+
 def _check_rope(config: Any) -> None:
-    kind = _rope(config).get("rope_type", _rope(config).get("type")) or "default"
+    kind = _rope_kind(_rope(config))
     if kind not in ("default", "linear"):
         raise ExportError(
             f"GGUF export: RoPE scaling '{kind}' is not written by ftkit (default and linear are); "
@@ -64,7 +69,8 @@ def _check_rope(config: Any) -> None:
 
 
 def first(config: Any, *keys: str) -> Any:
-    """The first of several config keys that is set (families name the same setting differently)."""
+    """The first of several config keys that is set, for the settings families name differently and transformers
+    does not alias (`attribute_map` already answers `hidden_size` for GPT-2's `n_embd`, and the like)."""
     for key in keys:
         value = getattr(config, key, None)
         if value is not None:
@@ -76,12 +82,11 @@ def write_hyperparameters(writer: Any, config: Any, arch_name: str) -> None:
     """The keys llama.cpp reads for this architecture, from the transformers config."""
     import gguf
 
-    hidden = first(config, "hidden_size", "n_embd")
-    heads = first(config, "num_attention_heads", "n_head")
+    hidden, heads = config.hidden_size, config.num_attention_heads  # GPT-2's n_embd, n_head: its attribute_map
     head_dim = getattr(config, "head_dim", None) or hidden // heads
-    writer.add_context_length(first(config, "max_position_embeddings", "n_positions"))
+    writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(hidden)
-    writer.add_block_count(first(config, "num_hidden_layers", "n_layer"))
+    writer.add_block_count(config.num_hidden_layers)
     if arch_name == "gpt2":  # GPT2Config has no intermediate_size: n_inner, or 4 x n_embd when unset
         writer.add_feed_forward_length(getattr(config, "n_inner", None) or 4 * hidden)
     else:
@@ -100,7 +105,7 @@ def write_hyperparameters(writer: Any, config: Any, arch_name: str) -> None:
         partial = rope.get("partial_rotary_factor") or getattr(config, "rotary_pct", None) or 1.0
         writer.add_rope_dimension_count(int(head_dim * partial))
         writer.add_rope_freq_base(float(rope["rope_theta"]))
-        if (rope.get("rope_type") or rope.get("type")) == "linear":
+        if _rope_kind(rope) == "linear":
             writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
             writer.add_rope_scaling_factor(float(rope["factor"]))
     if arch_name == "gemma2":

@@ -58,18 +58,25 @@ def check_gguf(merged_dir: Path, gguf_path: Path, probe: Probes, dtype: str) -> 
     reference = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
     if tokenizer.pad_token_id >= reference.get_input_embeddings().num_embeddings:  # a pad ftkit added, not trained
         tokenizer.pad_token = tokenizer.eos_token  # only ever masked here
-    expected = outputs_of(reference, tokenizer, probe, GENERATION_TOKENS)
+    by_llamacpp = llamacpp.available()
+
+    def run(model: Any) -> Outputs:  # no generation check without llama.cpp (0 of 0): transformers' own reader
+        if by_llamacpp:
+            return outputs_of(model, tokenizer, probe, GENERATION_TOKENS)
+        return Outputs(logits_of(model, probe.full), [])
+
+    expected = run(reference)
     del reference
     texts = tokenizer_texts(tokenizer, probe)
-    if llamacpp.available():
+    if by_llamacpp:
         judge = llamacpp.version()
         model = llamacpp.LlamaCppModel(gguf_path, context=_context(probe))
-        got = outputs_of(model, tokenizer, probe, GENERATION_TOKENS)
+        got = run(model)
         tokenize = model.tokenize
     else:
         judge = "transformers"
         loaded, gguf_tokenizer = _transformers_load(gguf_path)
-        got = Outputs(logits_of(loaded, probe.full), [])  # no generation check without llama.cpp: 0 of 0
+        got = run(loaded)
         tokenize = lambda text: gguf_tokenizer(text)["input_ids"]  # noqa: E731
     agree = compare(got, expected)
     check = GgufCheck(

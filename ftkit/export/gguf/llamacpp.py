@@ -70,8 +70,9 @@ class LlamaCppModel:
         """llama.cpp's tokenization, special tokens parsed and BOS added as the file says."""
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
-    def logits(self, tokens: list[int]) -> torch.Tensor:
-        """Logits at every position of `tokens` ([len, vocab]), re-using what the context already holds."""
+    def logits(self, tokens: list[int], last: int = 0) -> torch.Tensor:
+        """Logits at the last `last` positions of `tokens` (0: every position; [last, vocab]), re-using what the
+        context already holds. Only those rows are copied: a generated token needs one, not the whole context."""
         if len(tokens) > self.llm.n_ctx():
             raise ExportError(
                 f"a probe of {len(tokens)} tokens is longer than the llama.cpp context {self.llm.n_ctx()}"
@@ -83,7 +84,7 @@ class LlamaCppModel:
         if keep < len(tokens):
             self.llm.n_tokens = keep  # eval() drops the cache beyond n_tokens
             self.llm.eval(tokens[keep:])
-        return torch.from_numpy(self.llm.scores[: len(tokens)].copy())
+        return torch.from_numpy(self.llm.scores[len(tokens) - (last or len(tokens)) : len(tokens)].copy())
 
     @torch.inference_mode()
     def __call__(
@@ -114,7 +115,7 @@ class LlamaCppModel:
         for prompt in prompts:
             row = []
             for option in options:
-                logits = self.logits([*prompt, *option[:-1]])[len(prompt) - 1 :]  # the positions predicting option
+                logits = self.logits([*prompt, *option[:-1]], last=len(option))  # the positions predicting option
                 logprobs = torch.log_softmax(logits.float(), dim=-1)
                 row.append(float(logprobs[torch.arange(len(option)), torch.tensor(option)].sum()))
             scores.append(row)
@@ -137,7 +138,7 @@ class LlamaCppModel:
             tokens = [t for t, m in zip(row, row_mask) if m]
             new: list[int] = []
             while len(new) < max_new_tokens and not (new and new[-1] in stops):
-                new.append(int(self.logits(tokens + new)[-1].argmax()))
+                new.append(int(self.logits(tokens + new, last=1)[0].argmax()))
             news.append(new)
         out = torch.full((input_ids.shape[0], input_ids.shape[1] + max(map(len, news), default=0)), pad_token_id)
         out[:, : input_ids.shape[1]] = input_ids

@@ -60,12 +60,18 @@ def write_vocab(writer: Any, tokenizer: Any, folder: Path, vocab_size: int) -> N
     if kind == "unigram":
         writer.add_remove_extra_whitespaces(False)  # transformers' Unigram keeps runs of spaces as they are
     special = gguf.SpecialVocab(folder, load_merges=kind == "bpe", n_vocab=vocab_size)
-    ids = tokenizer("a")["input_ids"]  # what the tokenizer adds around a text, as it does it (not as configs claim)
-    special.add_special_token = {
+    special.add_special_token = added_tokens(tokenizer)
+    special.add_to_gguf(writer, quiet=True)
+
+
+def added_tokens(tokenizer: Any) -> dict[str, bool]:
+    """Whether the tokenizer adds BOS before and EOS after a text, as it does it (not as configs claim): what
+    the GGUF tells llama.cpp (and Ollama) to add on tokenising."""
+    ids = tokenizer("a")["input_ids"]
+    return {
         "bos": tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id],
         "eos": tokenizer.eos_token_id is not None and ids[-1:] == [tokenizer.eos_token_id],
     }
-    special.add_to_gguf(writer, quiet=True)
 
 
 def _kind(spec: dict[str, Any]) -> str:

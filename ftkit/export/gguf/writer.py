@@ -62,7 +62,7 @@ def _write(model_dir: Path, path: Path, dtype: str, name: str) -> None:
     state = _state_dict(model_dir)
     write_vocab(writer, AutoTokenizer.from_pretrained(model_dir), model_dir, _vocab_rows(state))
     layout = Layout(arch_name, config)
-    names = gguf.get_tensor_name_map(arch, getattr(config, "num_hidden_layers", None) or config.n_layer)
+    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     for hf_name, tensor in state.items():
         if layout.skip(hf_name):
             continue
