@@ -89,11 +89,9 @@ def is_running(run: RunDir) -> bool:
 def find_runs(root: Path) -> Iterator[Path]:
     """Every run directory below `root` (symlinked folders are not followed), in sorted order."""
     for folder, subfolders, files in os.walk(root):
-        if "recipe.yaml" in files and Path(folder) != root:
-            subfolders[:] = [s for s in sorted(subfolders) if s not in SKIPPED and not s.startswith(".")]
+        subfolders[:] = [s for s in sorted(subfolders) if s not in SKIPPED and not s.startswith(".")]
+        if RunDir.recipe.name in files and Path(folder) != root:
             yield Path(folder)
-        else:
-            subfolders[:] = [s for s in sorted(subfolders) if not s.startswith(".") and s not in SKIPPED]
 
 
 def tail_rows(path: Path, limit: int = TAIL_BYTES) -> list[dict[str, Any]]:
