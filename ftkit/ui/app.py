@@ -30,7 +30,7 @@ from ftkit.runs import RunDir
 from ftkit.serving import server
 from ftkit.serving.server import is_loopback
 from ftkit.ui import examples, pages
-from ftkit.ui.catalog import Catalog, RunSummary, read_json, summarize
+from ftkit.ui.catalog import Catalog, RunSummary, read_json, state_of, summarize
 from ftkit.ui.chat import Chats
 from ftkit.ui.launcher import Launcher, LaunchError
 from ftkit.ui.security import COOKIE, HEADER, Guard, Refused, inside, new_token
@@ -156,7 +156,7 @@ def create_app(root: Path, *, token: str, host: str = "127.0.0.1", recipes: Path
         if since < 0:
             raise Refused(400, "since: a byte offset, 0 or more")
         rows, offset = read_log(run.train_log, since)
-        return JSONResponse({"rows": rows, "next": offset, "state": summary(run).state})
+        return JSONResponse({"rows": rows, "next": offset, "state": state_of(run, launcher.exit_codes())})
 
     @app.get("/file/{rel:path}")
     async def file(rel: str) -> Response:
