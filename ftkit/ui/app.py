@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ftkit.errors import FtkitError
-from ftkit.runs import RunDir
+from ftkit.runs import MANIFEST, RunDir
 from ftkit.serving import server
 from ftkit.serving.server import is_loopback
 from ftkit.ui import examples, pages
@@ -124,10 +124,10 @@ def create_app(root: Path, *, token: str, host: str = "127.0.0.1", recipes: Path
         guard.check_write(request.headers.get(HEADER), given, origin, request.headers.get("host"))
 
     def run_at(rel: str) -> RunDir:
-        path = inside(root, rel)
-        if not (path / "recipe.yaml").is_file() and str(path) not in launcher.launches:  # a launch writes it soon
+        run = RunDir(inside(root, rel))
+        if not run.recipe.is_file() and str(run.path) not in launcher.launches:  # a launch writes it soon
             raise Refused(404, f"no run directory {rel!r} below the runs root")
-        return RunDir(path)
+        return run
 
     def summary(run: RunDir) -> RunSummary:
         return summarize(root, run.path, launcher.exit_codes())
@@ -231,7 +231,7 @@ def create_app(root: Path, *, token: str, host: str = "127.0.0.1", recipes: Path
         folder = run if run.metrics.is_file() else run.eval
         metrics = read_json(folder.metrics)
         plots = sorted(p.relative_to(root).as_posix() for p in (*run.path.glob("*.png"), *run.eval.path.glob("*.png")))
-        manifest = read_json(run.adapter / "manifest.json") or {}
+        manifest = read_json(run.adapter / MANIFEST) or {}
         launch = launcher.launches.get(str(run.path))
         return pages.run_page(
             found,
