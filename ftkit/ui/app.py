@@ -181,6 +181,8 @@ def create_app(root: Path, *, token: str, host: str = "127.0.0.1", recipes: Path
     @app.get("/run/{rel:path}/preflight")
     async def preflight(rel: str) -> PlainTextResponse:
         run = run_at(rel)
+        if not run.recipe.is_file():  # a run the UI just launched, before `ftkit train` writes its recipe
+            raise Refused(409, f"{rel} has no recipe.yaml yet (ftkit train writes it first); try again in a moment")
         key = (run.path, run.recipe.stat().st_mtime)
         if key not in preflights:
             try:
