@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from ftkit.ui.catalog import Interval, RunSummary
-from ftkit.ui.examples import KINDS, Page, Row
+from ftkit.ui.examples import KINDS, PAGE, Page, Row
 
 STATE_MARK = {"running": "●", "finished": "✓", "interrupted": "‖", "failed": "✗"}
 
@@ -233,8 +233,8 @@ def examples_page(run: RunSummary, result: Page, kind: str, query: str, number: 
         f'<input name=q id=search value="{e(query)}" placeholder="search input, reference, predictions" size=40>'
         "<button>Search</button></form>"
     )
-    shown_to = number * 50 + len(result.rows)
-    first = number * 50 + 1 if result.rows else 0
+    shown_to = number * PAGE + len(result.rows)
+    first = number * PAGE + 1 if result.rows else 0
     count = f"<p id=matched>{result.matched} examples match; showing {first}–{shown_to}.</p>"
     pager = ""
     if shown_to < result.matched:
