@@ -13,7 +13,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from ftkit.ui.catalog import Interval, RunSummary
+from ftkit.ui.catalog import Interval, RunSummary, interval_of
 from ftkit.ui.examples import KINDS, PAGE, Page, Row
 
 STATE_MARK = {"running": "●", "finished": "✓", "interrupted": "‖", "failed": "✗"}
@@ -101,17 +101,7 @@ def runs_page(runs: list[RunSummary], token: str) -> str:
 def metrics_table(metrics: dict[str, Any]) -> str:
     systems = list(metrics.get("systems") or {})
     names = list(metrics["systems"][systems[0]].get("metrics") or {}) if systems else []
-    rows = []
-    for name in names:
-        cells = [e(name)]
-        for system in systems:
-            value = metrics["systems"][system]["metrics"].get(name) or {}
-            cells.append(
-                interval(
-                    Interval(value["value"], value.get("ci_low"), value.get("ci_high")) if "value" in value else None
-                )
-            )
-        rows.append(cells)
+    rows = [[e(name), *(interval(interval_of(metrics, system, name)) for system in systems)] for name in names]
     head = (
         f"<p>{e(metrics.get('examples'))} held-out examples ({e(metrics.get('split'))}); 95% bootstrap intervals.</p>"
     )
