@@ -244,7 +244,6 @@ def create_app(root: Path, *, token: str, host: str = "127.0.0.1", recipes: Path
             lineage=manifest.get("lineage"),
             log_tail=launcher.log_tail(run),
             stoppable=launch is not None and launch.exit_code is None,
-            training=(metrics or {}).get("training"),
         )
 
     @app.get("/compare")

@@ -136,7 +136,6 @@ def run_page(
     lineage: dict[str, Any] | None,
     log_tail: str | None,
     stoppable: bool,
-    training: dict[str, Any] | None,
 ) -> str:
     links = f'<a href="{url(run.rel, "/examples")}">Examples</a> · <a href="{url(run.rel, "/chat")}">Chat</a>'
     stop = (
@@ -151,7 +150,8 @@ def run_page(
         f"({e(run.quantization)}) · {links} {stop}</p>",
         f'<h2>Training</h2><div id=charts data-run="{e(run.rel)}" data-state="{run.state}"></div>',
     ]
-    if training:
+    training = (metrics or {}).get("training")
+    if isinstance(training, dict) and training:
         parts.append(
             "<p class=facts>"
             + " · ".join(f"{e(k)}: {e(v)}" for k, v in training.items() if not isinstance(v, (dict, list)))
