@@ -18,31 +18,31 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python bench/ui_speed.py` finds bench/common.py
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # and tests/live_server.py
 
 from common import ROOT, machine, write_results  # noqa: E402
 
-from ftkit.runs import RunDir
-from ftkit.serving.server import bind, server
+from ftkit.runs import MANIFEST, RunDir
 from ftkit.ui.app import create_app
-
-KEPT = ("recipe.yaml", "train_log.jsonl", "launch.json", "metrics.json", "predictions.jsonl", "report.md")
+from tests.live_server import serving
 
 
 def copy_run(source: RunDir, target: Path) -> None:
+    kept = (source.recipe, source.train_log, source.launch, source.metrics, source.predictions, source.report)
+    copy = RunDir(target)
     target.mkdir(parents=True)
-    for name in [*KEPT, *(p.name for p in source.path.glob("*.png"))]:
-        if (source.path / name).is_file():
-            shutil.copy2(source.path / name, target / name)
-    if (source.adapter / "manifest.json").is_file():
-        (target / "adapter").mkdir()
-        shutil.copy2(source.adapter / "manifest.json", target / "adapter" / "manifest.json")
+    for path in [*kept, *source.path.glob("*.png")]:
+        if path.is_file():
+            shutil.copy2(path, target / path.name)
+    if (source.adapter / MANIFEST).is_file():
+        copy.adapter.mkdir()
+        shutil.copy2(source.adapter / MANIFEST, copy.adapter / MANIFEST)
 
 
 def timed(client: httpx.Client, path: str) -> float:
@@ -67,24 +67,16 @@ def main() -> None:
         root = Path(folder) / "runs"
         for i in range(args.runs):  # half of them nested, as a sweep's trials are
             copy_run(source, root / (f"sweeps/s{i % 5}/trials/{i:03d}" if i % 2 else f"run-{i:03d}"))
-        sock = bind("127.0.0.1", 0)
-        uvicorn_server = server(create_app(root, token="bench"), log_level="warning")
-        threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [sock]}, daemon=True).start()
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        with httpx.Client(base_url=url, timeout=60) as client:
-            while True:
-                try:
-                    client.get("/static/ui.css")
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.05)
+        with (
+            serving(create_app(root, token="bench"), "/static/ui.css") as url,
+            httpx.Client(base_url=url, timeout=60) as client,
+        ):
             cold = timed(client, "/")
             warm = [timed(client, "/") for _ in range(args.repeats)]
             run = [timed(client, "/run/run-000") for _ in range(args.repeats)]
             nested = [timed(client, "/run/sweeps/s1/trials/001") for _ in range(args.repeats)]
             examples = [timed(client, "/run/run-000/examples?kind=broken") for _ in range(args.repeats)]
             size = len(client.get("/").content)
-        uvicorn_server.should_exit = True
 
     rows = [
         ("runs page, first request (reads every run)", [cold]),

@@ -26,11 +26,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ftkit.errors import FtkitError
-from ftkit.runs import RunDir
+from ftkit.runs import MANIFEST, RunDir
 from ftkit.serving import server
 from ftkit.serving.server import is_loopback
 from ftkit.ui import examples, pages
-from ftkit.ui.catalog import Catalog, RunSummary, read_json, summarize
+from ftkit.ui.catalog import Catalog, RunSummary, read_json, state_of, summarize
 from ftkit.ui.chat import Chats
 from ftkit.ui.launcher import Launcher, LaunchError
 from ftkit.ui.security import COOKIE, HEADER, Guard, Refused, inside, new_token
@@ -124,10 +124,10 @@ def create_app(root: Path, *, token: str, host: str = "127.0.0.1", recipes: Path
         guard.check_write(request.headers.get(HEADER), given, origin, request.headers.get("host"))
 
     def run_at(rel: str) -> RunDir:
-        path = inside(root, rel)
-        if not (path / "recipe.yaml").is_file() and str(path) not in launcher.launches:  # a launch writes it soon
+        run = RunDir(inside(root, rel))
+        if not run.recipe.is_file() and str(run.path) not in launcher.launches:  # a launch writes it soon
             raise Refused(404, f"no run directory {rel!r} below the runs root")
-        return RunDir(path)
+        return run
 
     def summary(run: RunDir) -> RunSummary:
         return summarize(root, run.path, launcher.exit_codes())
@@ -156,7 +156,7 @@ def create_app(root: Path, *, token: str, host: str = "127.0.0.1", recipes: Path
         if since < 0:
             raise Refused(400, "since: a byte offset, 0 or more")
         rows, offset = read_log(run.train_log, since)
-        return JSONResponse({"rows": rows, "next": offset, "state": summary(run).state})
+        return JSONResponse({"rows": rows, "next": offset, "state": state_of(run, launcher.exit_codes())})
 
     @app.get("/file/{rel:path}")
     async def file(rel: str) -> Response:
@@ -181,6 +181,8 @@ def create_app(root: Path, *, token: str, host: str = "127.0.0.1", recipes: Path
     @app.get("/run/{rel:path}/preflight")
     async def preflight(rel: str) -> PlainTextResponse:
         run = run_at(rel)
+        if not run.recipe.is_file():  # a run the UI just launched, before `ftkit train` writes its recipe
+            raise Refused(409, f"{rel} has no recipe.yaml yet (ftkit train writes it first); try again in a moment")
         key = (run.path, run.recipe.stat().st_mtime)
         if key not in preflights:
             try:
@@ -231,7 +233,7 @@ def create_app(root: Path, *, token: str, host: str = "127.0.0.1", recipes: Path
         folder = run if run.metrics.is_file() else run.eval
         metrics = read_json(folder.metrics)
         plots = sorted(p.relative_to(root).as_posix() for p in (*run.path.glob("*.png"), *run.eval.path.glob("*.png")))
-        manifest = read_json(run.adapter / "manifest.json") or {}
+        manifest = read_json(run.adapter / MANIFEST) or {}
         launch = launcher.launches.get(str(run.path))
         return pages.run_page(
             found,
@@ -242,7 +244,6 @@ def create_app(root: Path, *, token: str, host: str = "127.0.0.1", recipes: Path
             lineage=manifest.get("lineage"),
             log_tail=launcher.log_tail(run),
             stoppable=launch is not None and launch.exit_code is None,
-            training=(metrics or {}).get("training"),
         )
 
     @app.get("/compare")

@@ -89,11 +89,9 @@ def is_running(run: RunDir) -> bool:
 def find_runs(root: Path) -> Iterator[Path]:
     """Every run directory below `root` (symlinked folders are not followed), in sorted order."""
     for folder, subfolders, files in os.walk(root):
-        if "recipe.yaml" in files and Path(folder) != root:
-            subfolders[:] = [s for s in sorted(subfolders) if s not in SKIPPED and not s.startswith(".")]
+        subfolders[:] = [s for s in sorted(subfolders) if s not in SKIPPED and not s.startswith(".")]
+        if RunDir.recipe.name in files and Path(folder) != root:
             yield Path(folder)
-        else:
-            subfolders[:] = [s for s in sorted(subfolders) if not s.startswith(".") and s not in SKIPPED]
 
 
 def tail_rows(path: Path, limit: int = TAIL_BYTES) -> list[dict[str, Any]]:
@@ -138,7 +136,8 @@ def read_recipe(run: RunDir) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _interval(metrics: dict[str, Any], system: str, metric: str) -> Interval | None:
+def interval_of(metrics: dict[str, Any], system: str, metric: str) -> Interval | None:
+    """SYSTEM's METRIC in a metrics.json, or None where it is not recorded as a number."""
     value = ((metrics.get("systems") or {}).get(system) or {}).get("metrics", {}).get(metric)
     if not isinstance(value, dict) or not isinstance(value.get("value"), (int, float)):
         return None
@@ -188,9 +187,9 @@ def summarize(root: Path, path: Path, launches: dict[str, int | None]) -> RunSum
     if metrics is not None:
         primary = metrics.get("primary_metric")
         summary.primary = str(primary)
-        summary.base = _interval(metrics, "base", str(primary))
+        summary.base = interval_of(metrics, "base", str(primary))
         adapters = [name for name in metrics.get("systems") or {} if name != "base"]
-        summary.adapter = _interval(metrics, adapters[0], str(primary)) if adapters else None
+        summary.adapter = interval_of(metrics, adapters[0], str(primary)) if adapters else None
         for c in metrics.get("comparisons") or []:
             if isinstance(c, dict) and c.get("metric") == primary and adapters and c.get("system") == adapters[0]:
                 summary.p_value = c.get("p_value")

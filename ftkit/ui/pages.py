@@ -13,8 +13,8 @@ from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from ftkit.ui.catalog import Interval, RunSummary
-from ftkit.ui.examples import KINDS, Page, Row
+from ftkit.ui.catalog import Interval, RunSummary, interval_of
+from ftkit.ui.examples import KINDS, PAGE, Page, Row
 
 STATE_MARK = {"running": "●", "finished": "✓", "interrupted": "‖", "failed": "✗"}
 
@@ -101,17 +101,7 @@ def runs_page(runs: list[RunSummary], token: str) -> str:
 def metrics_table(metrics: dict[str, Any]) -> str:
     systems = list(metrics.get("systems") or {})
     names = list(metrics["systems"][systems[0]].get("metrics") or {}) if systems else []
-    rows = []
-    for name in names:
-        cells = [e(name)]
-        for system in systems:
-            value = metrics["systems"][system]["metrics"].get(name) or {}
-            cells.append(
-                interval(
-                    Interval(value["value"], value.get("ci_low"), value.get("ci_high")) if "value" in value else None
-                )
-            )
-        rows.append(cells)
+    rows = [[e(name), *(interval(interval_of(metrics, system, name)) for system in systems)] for name in names]
     head = (
         f"<p>{e(metrics.get('examples'))} held-out examples ({e(metrics.get('split'))}); 95% bootstrap intervals.</p>"
     )
@@ -146,7 +136,6 @@ def run_page(
     lineage: dict[str, Any] | None,
     log_tail: str | None,
     stoppable: bool,
-    training: dict[str, Any] | None,
 ) -> str:
     links = f'<a href="{url(run.rel, "/examples")}">Examples</a> · <a href="{url(run.rel, "/chat")}">Chat</a>'
     stop = (
@@ -161,7 +150,8 @@ def run_page(
         f"({e(run.quantization)}) · {links} {stop}</p>",
         f'<h2>Training</h2><div id=charts data-run="{e(run.rel)}" data-state="{run.state}"></div>',
     ]
-    if training:
+    training = (metrics or {}).get("training")
+    if isinstance(training, dict) and training:
         parts.append(
             "<p class=facts>"
             + " · ".join(f"{e(k)}: {e(v)}" for k, v in training.items() if not isinstance(v, (dict, list)))
@@ -233,8 +223,8 @@ def examples_page(run: RunSummary, result: Page, kind: str, query: str, number: 
         f'<input name=q id=search value="{e(query)}" placeholder="search input, reference, predictions" size=40>'
         "<button>Search</button></form>"
     )
-    shown_to = number * 50 + len(result.rows)
-    first = number * 50 + 1 if result.rows else 0
+    shown_to = number * PAGE + len(result.rows)
+    first = number * PAGE + 1 if result.rows else 0
     count = f"<p id=matched>{result.matched} examples match; showing {first}–{shown_to}.</p>"
     pager = ""
     if shown_to < result.matched:
