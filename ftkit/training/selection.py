@@ -52,12 +52,18 @@ class Plan:
         return metric_key(self.metric) if self.metric else None
 
 
+def select_metric(recipe: Recipe, task: Task) -> str:
+    """The validation metric a run keeps its adapter by and a sweep chooses by: eval.select_metric, else the
+    task's primary metric."""
+    return recipe.eval.select_metric or task.metrics[0]
+
+
 def plan(recipe: Recipe, task: Task, has_validation: bool, sharded: bool) -> Plan:
     """`train.keep: auto` is best when there is a validation split. Under FSDP/ZeRO-3 no process holds the whole
     adapter to load the best checkpoint into, so auto means last there (an explicit 'best' is refused)."""
     if not has_validation:
         return Plan("last", None, True, "there is no validation split")
-    metric = recipe.eval.select_metric or task.metrics[0]
+    metric = select_metric(recipe, task)
     greater = metric not in task.lower_is_better
     if recipe.train.keep == "last":
         return Plan("last", metric, greater, "train.keep is 'last'")
