@@ -52,7 +52,8 @@ def test_best(
     """Evaluate the first two of `ranked` (best first) on the recipe's test split, and write the reports to `out`;
     the head-to-head test is on `metric`, the one the search chose by."""
     recipe = load_recipe(recipe_path, recipe_overrides)
-    prepared = prepare(recipe)  # now with the test split, and its overlap with train checked
+    # Now with the test split, and its overlap with train checked; validation was checked when the sweep began.
+    prepared = prepare(recipe, held_out=("test",))
     prepared.raise_if_fatal()
     task = prepared.task
     drawn, notes = sample.held_out(

@@ -1,8 +1,9 @@
 """One trial: the recipe with the sampled values, trained as an ordinary run under `trials/NNN/`.
 
 The data was prepared once for the whole sweep (without the test split) and every trial trains on it:
-a trial costs loading the base model, training, and one more pass over the validation sample for the
-metric's confidence interval. Each validation evaluation during training is reported to Optuna; when the
+a trial costs loading the base model and training; the metric's confidence interval is bootstrapped from the
+kept step's predictions on the validation sample, made during training (a pass of their own only when that step
+was not evaluated in this process). Each validation evaluation during training is reported to Optuna; when the
 pruner says stop, training stops at that step, the adapter kept so far is saved (the run directory stays
 usable) and the trial is recorded as pruned.
 """
@@ -27,7 +28,7 @@ from ftkit.recipe import Recipe, load_recipe
 from ftkit.sweep import study as studies
 from ftkit.sweep.space import Space, overrides
 from ftkit.training.selection import metric_key
-from ftkit.training.trainer import train
+from ftkit.training.trainer import TrainResult, train
 
 TRIAL_FILE = "trial.json"  # in each trial's run directory: the parameters, the value, the timings
 
@@ -87,12 +88,8 @@ class Objective:
             runs.write_text(run.recipe, recipe.to_yaml())
             watcher = ReportToTrial(trial, self.metric)
             result = train(recipe, run, self.prepared, callbacks=[watcher])
-            # A pruned trial is no candidate: its value is its last report (the pruner's), without the extra pass.
-            interval = (
-                None
-                if watcher.pruned_at is not None
-                else self._validation_interval(recipe, result.model, result.tokenizer)
-            )
+            # A pruned trial is no candidate: its value is its last report (the pruner's), without a CI.
+            interval = None if watcher.pruned_at is not None else self._validation_interval(recipe, result)
             value = watcher.last if interval is None else interval.point
             record = {
                 "number": trial.number,
@@ -114,12 +111,19 @@ class Objective:
             raise optuna.TrialPruned(f"pruned at step {watcher.pruned_at}")
         return value
 
-    def _validation_interval(self, recipe: Recipe, model: Any, tokenizer: Any) -> Any:
-        """The kept adapter's metric on the validation sample it was chosen on, with its bootstrap CI."""
-        task, examples = self.prepared.task, self.prepared.splits["validation"].examples
-        model.set_adapter("default")
-        predictions, seconds = predict_system(task, model, tokenizer, examples, recipe.eval.batch_size, "validation")
-        scored = score_system(task, "trial", predictions, seconds, examples, [self.metric], recipe.eval.bootstrap)
+    def _validation_interval(self, recipe: Recipe, result: TrainResult) -> Any:
+        """The kept adapter's metric on the validation sample it was chosen on, with its bootstrap CI: from the
+        predictions training made at the kept step (the sweep's validation split is that sample), else predicted."""
+        task = self.prepared.task
+        if result.kept_validation is not None:
+            examples, predictions = result.kept_validation
+        else:
+            examples = self.prepared.splits["validation"].examples
+            result.model.set_adapter("default")
+            predictions, _ = predict_system(
+                task, result.model, result.tokenizer, examples, recipe.eval.batch_size, "validation"
+            )
+        scored = score_system(task, "trial", predictions, 0.0, examples, [self.metric], recipe.eval.bootstrap)
         return scored.metrics[self.metric]
 
 

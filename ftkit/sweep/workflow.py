@@ -56,7 +56,7 @@ def _check_recipe(recipe: Recipe) -> str:
             f"ftkit sweep chooses on the validation split and tests the winner on the test split; the recipe has no "
             f"{' and no '.join(missing)} split: add data.{missing[0]} or a data.split.{missing[0]} share"
         )
-    metric = recipe.eval.select_metric or get_task(recipe.task, recipe.data.max_length).metrics[0]
+    metric = selection.select_metric(recipe, get_task(recipe.task, recipe.data.max_length))
     if recipe.eval.metrics and metric not in recipe.eval.metrics:
         raise FtkitError(f"eval.metrics must include {metric}, the metric the sweep chooses by (eval.select_metric)")
     return metric

@@ -52,12 +52,18 @@ class Plan:
         return metric_key(self.metric) if self.metric else None
 
 
+def select_metric(recipe: Recipe, task: Task) -> str:
+    """The validation metric a run keeps its adapter by and a sweep chooses by: eval.select_metric, else the
+    task's primary metric."""
+    return recipe.eval.select_metric or task.metrics[0]
+
+
 def plan(recipe: Recipe, task: Task, has_validation: bool, sharded: bool) -> Plan:
     """`train.keep: auto` is best when there is a validation split. Under FSDP/ZeRO-3 no process holds the whole
     adapter to load the best checkpoint into, so auto means last there (an explicit 'best' is refused)."""
     if not has_validation:
         return Plan("last", None, True, "there is no validation split")
-    metric = recipe.eval.select_metric or task.metrics[0]
+    metric = select_metric(recipe, task)
     greater = metric not in task.lower_is_better
     if recipe.train.keep == "last":
         return Plan("last", metric, greater, "train.keep is 'last'")
@@ -78,15 +84,25 @@ class ValidationMetric:
         self.task, self.tokenizer, self.metric = task, tokenizer, metric
         self.examples = draw(task, examples, recipe.eval.during_training_examples, recipe.eval.seed).examples
         self.batch_size = recipe.eval.batch_size
+        self.predictions: dict[int, list[Any]] = {}  # by step: the Trainer's best evaluation so far, and the latest
 
-    def __call__(self, model: Any) -> dict[str, float]:
+    def __call__(self, model: Any, state: Any) -> dict[str, float]:
         """{metric: value, metric_seconds: time it took}; the model is left in eval mode (the Trainer's
-        training step switches it back)."""
+        training step switches it back). The predictions of the best step so far (`state.best_global_step`)
+        and of this one are kept: the kept adapter is one of them, and need not predict again (`kept`)."""
         predictions, seconds = predict_system(
             self.task, model, self.tokenizer, self.examples, self.batch_size, "validation"
         )
+        self.predictions = {s: p for s, p in self.predictions.items() if s == state.best_global_step}
+        self.predictions[state.global_step] = predictions
         value = self.task.score(predictions, self.examples, only=self.metric)[self.metric]
         return {self.metric: float(value), f"{self.metric}_seconds": round(seconds, 3)}
+
+    def kept(self, step: int) -> tuple[list[Example], list[Any]] | None:
+        """The examples and the predictions made at `step`, if this process evaluated it; None otherwise
+        (a step before `--resume`, or a last step that was not evaluated)."""
+        found = self.predictions.get(step)
+        return None if found is None else (self.examples, found)
 
 
 class KeepBest(TrainerCallback):

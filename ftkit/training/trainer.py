@@ -153,7 +153,7 @@ class CompletionLossTrainer(Trainer):
         Trainer then logs it, passes it to `on_evaluate` callbacks and selects the best checkpoint by it."""
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if self.validation_metric is not None and output.metrics is not None and metric_key_prefix == "eval":
-            found = self.validation_metric(self.model)
+            found = self.validation_metric(self.model, self.state)
             output.metrics.update({selection.metric_key(name): value for name, value in found.items()})
         return output
 
@@ -239,6 +239,8 @@ class TrainResult:
     lora_change: float | None  # None when FSDP/ZeRO-3 sharded the adapter (no process holds all of it)
     batch: dict[str, int]  # processes, per-device batch, accumulation, effective batch
     kept: selection.Kept  # which step's adapter `model` holds and was saved, and why
+    # The validation examples and the kept adapter's predictions on them, made during training (None: not made).
+    kept_validation: tuple[list[Any], list[Any]] | None = None
 
 
 def optimizer_arguments(t: TrainConfig) -> dict[str, Any]:
@@ -384,6 +386,7 @@ def train(
         lora_change=change,
         batch=batch,
         kept=kept,
+        kept_validation=trainer.validation_metric.kept(kept.step) if trainer.validation_metric else None,
     )
 
 

@@ -58,6 +58,8 @@ def test_the_test_split_is_opened_only_after_every_trial(
         run = Path(r["run_dir"])
         assert run.parent == folder / "trials" and (run / "adapter" / "adapter_config.json").is_file()
         assert (run / "recipe.yaml").is_file() and (run / "kept.json").is_file()
+        if r["state"] == "complete":  # its value is the kept adapter's validation metric, as training measured it
+            assert r["value"] == pytest.approx(json.loads((run / "kept.json").read_text())["value"], abs=1e-9)
     test = summary["test"]
     assert test["winner"].startswith(f"trial {board[0]['trial']} ")
     systems = list(test["metrics"]["systems"])

@@ -153,10 +153,16 @@ def test_a_callback_observes_each_validation_evaluation(overfit_recipe) -> None:
     run = RunDir(recipe.run_dir)
     run.path.mkdir(parents=True)
     observer = Observer()
-    result = train(recipe, run, prepare(recipe), callbacks=[observer])
+    prepared = prepare(recipe)
+    result = train(recipe, run, prepared, callbacks=[observer])
     assert [step for step, _ in observer.seen] == [2, 4]
     assert result.kept.metric == "macro_f1"
     assert [(e["step"], e["value"]) for e in result.kept.evaluations or []] == observer.seen
+    # The kept step's predictions made during training come back with the result (a sweep's CI is from them).
+    assert result.kept_validation is not None
+    examples, predictions = result.kept_validation
+    assert len(examples) == len(predictions) == 6
+    assert prepared.task.score(predictions, examples, only="macro_f1")["macro_f1"] == result.kept.value
 
 
 def test_no_validation_split_keeps_the_last_step(write_recipe, sentiment_files) -> None:
