@@ -38,8 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python bench/eval_s
 
 from common import ROOT, SENTIMENT_RECIPE, machine, write_results  # noqa: E402
 
-from ftkit.data.encoding import truncate_middle
-from ftkit.evaluation.inference import generate_greedy
 from ftkit.models import load_model
 from ftkit.recipe import Recipe, load_recipe
 from ftkit.tasks import Example, Task, get_task
@@ -82,13 +80,10 @@ def parse_generated_labels(model: Any, tokenizer: Any, task: Task, examples: Seq
 
 
 def generate_one_at_a_time(model: Any, tokenizer: Any, task: Task, examples: Sequence[Example]) -> list[Any]:
-    """The same prompts, truncation and stop tokens as the task's `predict`, one prompt per `generate`."""
+    """The task's own greedy generation (`Task.generate`: its prompts, truncation and stop tokens) in batches of
+    one prompt, one `generate` each."""
     max_new = int(getattr(task.options, "max_new_tokens", 0))
-    budget = task.eval_budget(tokenizer)
-    replies = [
-        generate_greedy(model, tokenizer, [truncate_middle(task.eval_prompt_ids(e, tokenizer), budget)], max_new)[0]
-        for e in examples
-    ]
+    replies = task.generate(model, tokenizer, examples, 1, lambda _: None, max_new)
     return [first_line(reply) for reply in replies] if task.name == "qa" else replies
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python bench/serve_load.py` finds bench/common.py
@@ -150,23 +151,14 @@ def run_level(
         "tokens": tokens,
         "wall_s": wall,
         "tokens_per_s": tokens / wall,
-        "ttft_p50_s": percentile([r["ttft_s"] for r in done], 50),
-        "ttft_p95_s": percentile([r["ttft_s"] for r in done], 95),
-        "latency_p50_s": percentile([r["latency_s"] for r in done], 50),
-        "latency_p95_s": percentile([r["latency_s"] for r in done], 95),
+        "ttft_p50_s": float(np.percentile([r["ttft_s"] for r in done], 50)),
+        "ttft_p95_s": float(np.percentile([r["ttft_s"] for r in done], 95)),
+        "latency_p50_s": float(np.percentile([r["latency_s"] for r in done], 50)),
+        "latency_p95_s": float(np.percentile([r["latency_s"] for r in done], 95)),
         "replies": sorted(
             ({"k": r["k"], "system": r["system"], "text": r["text"]} for r in done), key=lambda r: r["k"]
         ),
     }
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def same_as_alone(levels: list[dict[str, Any]]) -> dict[str, str]:

@@ -183,7 +183,7 @@ def _tree_mask(attention_mask: torch.Tensor, sees: torch.Tensor, model: Any) -> 
     if model.config._attn_implementation == "sdpa":
         return allowed
     dtype = model.get_input_embeddings().weight.dtype
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return torch.zeros(allowed.shape, dtype=dtype, device=real.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def _rows_per_pass(model: Any, width: int, trie: OptionTrie, budget: int) -> int:

@@ -198,12 +198,13 @@ class Batcher:
         return self._settle(batch)
 
     def _pick(self, jobs: Sequence[Job], logits: torch.Tensor) -> torch.Tensor:
-        """Each row's next token (argmax, or drawn from its own generator) handed to its job."""
+        """Each row's next token (argmax, or drawn from its own generator) handed to its job; the tokens
+        leave the device in one copy per step, not one per row."""
         picked = logits.argmax(-1)
         for row, job in enumerate(jobs):
             if job.sampling.temperature > 0:
                 picked[row] = sample(logits[row], job.sampling, job.generator)
-            token = int(picked[row])
+        for job, token in zip(jobs, picked.tolist(), strict=True):
             job.tokens.append(token)
             job.on_token(token)
         return picked

@@ -130,6 +130,18 @@ def test_trie_scores_pick_the_labels_full_sequences_pick(tiny_model_dir, tokeniz
         assert whole[i].index(max(whole[i])) == expected.index(max(expected))
 
 
+def test_the_eager_tree_mask_is_made_on_the_inputs_device(tiny_model_dir) -> None:
+    """Eager attention takes an additive mask: it must be built where the inputs are (a GPU), not on the CPU.
+    The meta device stands for a GPU here: a tensor made on the CPU cannot be combined with it."""
+    from ftkit.evaluation.inference import OptionTrie, _tree_mask
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="eager")
+    trie = OptionTrie.build([[5, 6, 2], [5, 7, 2]])  # three nodes: (5), (5, 6), (5, 7)
+    attention_mask = torch.tensor([[0, 1, 1], [1, 1, 1]], device="meta")
+    mask = _tree_mask(attention_mask, trie.ancestry(), model)
+    assert mask.device == attention_mask.device and mask.dtype == torch.float32 and mask.shape == (2, 1, 6, 6)
+
+
 def test_batched_greedy_replies_equal_one_at_a_time(tiny, tokenizer) -> None:
     """Left padding, the attention mask and the KV cache leave each prompt's greedy reply as it is alone."""
     from ftkit.evaluation.inference import generate_greedy
