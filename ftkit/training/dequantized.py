@@ -1,0 +1,112 @@
+"""Frozen 4-bit weights kept dequantized while training: the same numbers, without dequantizing each step.
+
+bitsandbytes' 4-bit layer on a CPU trains by dequantizing its weight to the compute dtype on every
+forward and again on every backward (`gemm_4bit`'s default kernel, then `MatMul4Bit.backward`), then
+doing an ordinary matmul with it. The weight is frozen, so that dequantization gives the same tensor
+every time: this module computes it once per layer and trains against the copy. The forward is
+`F.linear(x, W, bias)` and the backward autograd's `grad @ W`, exactly the operations bitsandbytes
+runs on the tensor it would have dequantized, so losses and gradients are bit-identical (a test
+compares them). Cost: the compute-dtype copy of every 4-bit weight stays in memory (2 bytes per
+weight in bfloat16 against ~0.5), which is why `train.dequantized_base` can turn it off and why
+`auto` asks for room first. On a GPU bitsandbytes' own kernels are fast and memory is the scarce
+resource, so `auto` leaves them alone there.
+
+Only training uses the copy (the module's `training` flag): validation and the evaluation after
+training go through bitsandbytes' own inference path, so their numbers are `ftkit eval`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# `auto` keeps the copies when they take at most this share of the memory the system has free
+AUTO_SHARE_OF_AVAILABLE = 0.25
+
+
+def four_bit_layers(model: torch.nn.Module) -> Iterator[Any]:
+    """Every bitsandbytes 4-bit linear layer of `model` (under peft they are the LoRA layers' base layers)."""
+    import bitsandbytes as bnb
+
+    return (m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+
+
+def copy_bytes(model: torch.nn.Module) -> int:
+    """What the dequantized copies of every 4-bit weight take, in bytes."""
+    return sum(
+        layer.weight.quant_state.shape.numel() * torch.empty((), dtype=compute_dtype_of(layer)).element_size()
+        for layer in four_bit_layers(model)
+    )
+
+
+def compute_dtype_of(layer: Any) -> torch.dtype:
+    return layer.compute_dtype or torch.float32
+
+
+def available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), None elsewhere."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def wanted(setting: bool | Literal["auto"], model: torch.nn.Module) -> bool:
+    """Whether to keep the copies: as the recipe says, or under `auto` on a CPU with room for them."""
+    if setting != "auto":
+        return bool(setting)
+    layers = list(four_bit_layers(model))
+    if not layers or layers[0].weight.device.type != "cpu":
+        return False
+    free = available_bytes()
+    return free is not None and copy_bytes(model) <= AUTO_SHARE_OF_AVAILABLE * free
+
+
+def keep_dequantized(model: torch.nn.Module) -> int:
+    """Give every 4-bit layer its dequantized weight for training; returns the bytes the copies take."""
+    total = 0
+    for layer in four_bit_layers(model):
+        weight = dequantized(layer.weight.data, layer.weight.quant_state, compute_dtype_of(layer))
+        layer.forward = _TrainingForward(layer, weight, layer.forward)
+        total += weight.numel() * weight.element_size()
+    log.info("4-bit weights kept dequantized for training: %.0f MB", total / 1e6)
+    return total
+
+
+def dequantized(packed: torch.Tensor, state: Any, dtype: torch.dtype) -> torch.Tensor:
+    """The weight exactly as bitsandbytes' `gemm_4bit` dequantizes it for a matmul in `dtype`: a nested
+    (double-quantized) state's block scales first, in float32, then the 4-bit codes straight to `dtype`."""
+    ops = torch.ops.bitsandbytes
+    absmax = state.absmax
+    if state.nested:
+        absmax = ops.dequantize_blockwise.default(absmax, state.state2.absmax, state.state2.code, 256, torch.float32)
+        absmax = absmax + state.offset
+    return ops.dequantize_4bit.default(
+        packed.view(-1, 1), absmax, state.blocksize, state.quant_type, state.shape, dtype
+    )
+
+
+class _TrainingForward:
+    """A 4-bit layer's forward: the dequantized copy while training, bitsandbytes' own otherwise."""
+
+    def __init__(self, layer: Any, weight: torch.Tensor, original: Any) -> None:
+        self.layer, self.weight, self.original = layer, weight, original
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.layer.training:
+            return self.original(x)
+        bias = self.layer.bias
+        # bitsandbytes: input in the compute dtype, bias likewise, output back in the input's dtype
+        out = torch.nn.functional.linear(
+            x.to(self.weight.dtype), self.weight, None if bias is None else bias.to(self.weight.dtype)
+        )
+        return out.to(x.dtype)
