@@ -83,6 +83,7 @@ bench: bench-train bench-eval
 
 bench-train: $(BENCH_STAMP)
 	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/train_profile.py
 
 bench-eval: setup
 	$(BIN)/python bench/eval_speed.py

@@ -62,13 +62,14 @@ from transformers import TrainerCallback  # noqa: E402
 
 MODES = ("4bit", "8bit", "none")
 PLAN = {
-    "4bit": (3, 8, ["ftkit-gc"]),
+    "4bit": (3, 8, ["ftkit-gc", "ftkit-bnb"]),
     "8bit": (1, 5, []),
     "none": (1, 5, []),
 }  # mode: (pairs, steps per run, extra runs)
 BATCH = 8
 VARIANTS = {  # name: what it turns off or on (each is one extra run per pair)
     "ftkit-gc": ["train.gradient_checkpointing=true"],  # memory for speed
+    "ftkit-bnb": ["train.dequantized_base=false"],  # bitsandbytes dequantizes the 4-bit weights every step
     "ftkit-fp32": ["model.compute_dtype=float32"],  # what the bf16 compute dtype buys on this CPU
     "ftkit-random": ["train.group_by_length=false"],  # what length grouping buys
     "ftkit-full-head": [],  # LM head and loss at every position, the Trainer's own loss
