@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -49,17 +48,6 @@ def compute_dtype_of(layer: Any) -> torch.dtype:
     return layer.compute_dtype or torch.float32
 
 
-def available_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux), None elsewhere."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def wanted(setting: bool | Literal["auto"], model: torch.nn.Module) -> bool:
     """Whether to keep the copies: as the recipe says, or under `auto` on a CPU with room for them."""
     if setting != "auto":
@@ -67,8 +55,9 @@ def wanted(setting: bool | Literal["auto"], model: torch.nn.Module) -> bool:
     layers = list(four_bit_layers(model))
     if not layers or layers[0].weight.device.type != "cpu":
         return False
-    free = available_bytes()
-    return free is not None and copy_bytes(model) <= AUTO_SHARE_OF_AVAILABLE * free
+    import psutil  # accelerate's own dependency
+
+    return copy_bytes(model) <= AUTO_SHARE_OF_AVAILABLE * psutil.virtual_memory().available
 
 
 def keep_dequantized(model: torch.nn.Module) -> int:
