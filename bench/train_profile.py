@@ -92,14 +92,12 @@ class Profile(TrainerCallback):
         }
 
     def bucket(self, event: Any) -> str:
-        name = event.name
-        parent = event.cpu_parent
-        while parent is not None:
-            if parent.name.startswith(("Optimizer.step", "Optimizer.zero_grad")):
+        node = event  # the event itself or any range it ran under
+        while node is not None:
+            if node.name.startswith(("Optimizer.step", "Optimizer.zero_grad")):
                 return "optimizer"
-            parent = parent.cpu_parent
-        if name.startswith(("Optimizer.step", "Optimizer.zero_grad")):
-            return "optimizer"
+            node = node.cpu_parent
+        name = event.name
         if name in MATMULS:
             dims = {d for shape in event.input_shapes if shape for d in shape}
             return "LoRA matmul" if self.rank in dims else "matmul"
