@@ -55,7 +55,7 @@ def wanted(setting: bool | Literal["auto"], model: torch.nn.Module) -> bool:
     layers = list(four_bit_layers(model))
     if not layers or layers[0].weight.device.type != "cpu":
         return False
-    import psutil  # accelerate's own dependency
+    import psutil
 
     return copy_bytes(model) <= AUTO_SHARE_OF_AVAILABLE * psutil.virtual_memory().available
 
