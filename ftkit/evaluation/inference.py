@@ -179,19 +179,23 @@ def _tree_mask(attention_mask: torch.Tensor, sees: torch.Tensor, model: Any) -> 
     top = (causal & real[:, None, :]) | torch.eye(width, dtype=torch.bool, device=real.device)  # a pad sees itself
     top = torch.cat([top, torch.zeros(rows, width, n, dtype=torch.bool, device=real.device)], dim=2)
     bottom = torch.cat([real[:, None, :].expand(rows, n, width), sees.to(real.device).expand(rows, n, n)], dim=2)
-    allowed = torch.cat([top, bottom], dim=1)[:, None]
+    return attention_mask_for(torch.cat([top, bottom], dim=1)[:, None], model)
+
+
+def attention_mask_for(allowed: torch.Tensor, model: Any) -> torch.Tensor:
+    """A 4-D `[rows, 1, queries, keys]` mask of what may attend to what, as the model's attention takes it:
+    boolean for SDPA, additive (0 / dtype min) for eager. transformers passes a 4-D mask through as it is."""
     if model.config._attn_implementation == "sdpa":
         return allowed
     dtype = model.get_input_embeddings().weight.dtype
-    return torch.zeros(allowed.shape, dtype=dtype, device=real.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def _rows_per_pass(model: Any, width: int, trie: OptionTrie, budget: int) -> int:
-    """How many prompts one pass can take within `budget` bytes: kept logits (model dtype, plus a float32
-    chunk), attention scores of one layer and the mask, each per row."""
+def rows_per_pass(model: Any, length: int, kept: int, budget: int) -> int:
+    """How many rows of `length` tokens, `kept` of them through the LM head, one pass can take within `budget`
+    bytes: kept logits (model dtype, plus a float32 chunk), attention scores of one layer and the mask, per row."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     heads = getattr(config, "num_attention_heads", 16)
-    length, kept = width + len(trie.tokens), len(trie.tokens) + 1
     per_row = kept * model.get_output_embeddings().weight.shape[0] * 6 + (heads + 1) * length * length * 4
     return max(1, budget // per_row)
 
@@ -224,7 +228,7 @@ def score_options(
     sees = trie.ancestry()
     scores: list[list[float]] = []
     width = max(len(prompt) for prompt in prompts)
-    step = _rows_per_pass(model, width, trie, budget)
+    step = rows_per_pass(model, width + len(trie.tokens), len(trie.tokens) + 1, budget)
     for start in range(0, len(prompts), step):
         rows = prompts[start : start + step]
         batch = left_pad(rows, pad_id, device)

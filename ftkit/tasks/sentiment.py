@@ -109,15 +109,15 @@ class Sentiment(Task):
     def predict(
         self, model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int, progress: Progress
     ) -> list[str]:
-        """Score all label options of a batch of examples in one forward pass; pick the most likely."""
-        from ftkit.evaluation.inference import score_options
+        """The most likely label option after each example's prompt (`option_search.best_options`: all of
+        them scored in one pass when there are few, a search of the label trie when there are many)."""
+        from ftkit.evaluation.option_search import best_options
 
         labels, options, budget = self.labels, self._options(tokenizer), self.eval_budget(tokenizer)
         predictions: list[str] = []
         for batch in batches(examples, batch_size):
             prompts = [truncate_middle(self.eval_prompt_ids(example, tokenizer), budget) for example in batch]
-            for scores in score_options(model, tokenizer.pad_token_id, prompts, options):
-                predictions.append(labels[max(range(len(labels)), key=scores.__getitem__)])
+            predictions += [labels[best] for best in best_options(model, tokenizer.pad_token_id, prompts, options)]
             progress(len(batch))
         return predictions
 
