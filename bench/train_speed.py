@@ -26,7 +26,7 @@ memory/speed trade-off); 8-bit and unquantized 1 pair x 5 steps each. --pairs/--
 mode's numbers. Variants switch one ftkit optimisation off (for the README's "what each buys"):
 ftkit-fp32 (fp32 compute dtype), ftkit-random (no length grouping), ftkit-full-head (LM head and
 loss at every position), ftkit-nosplit (wide batches not split); ftkit-gc turns checkpointing on,
-trl-nogc turns it off in TRL.
+trl-nogc turns it off in TRL, trl-nogc-fp32 also computes in fp32 (TRL's fastest where bf16 is emulated).
 
 FLOPs: N = non-embedding parameters of the base, L = LoRA parameters, V*d = the LM head. Per input
 token, the forward costs 2N and the backward 2N (gradients of the activations only: the base is
@@ -75,6 +75,7 @@ VARIANTS = {  # name: what it turns off or on (each is one extra run per pair)
     "ftkit-full-head": [],  # LM head and loss at every position, the Trainer's own loss
     "ftkit-nosplit": [],  # wide batches are not split into chunks
     "trl-nogc": [],  # TRL with gradient checkpointing off
+    "trl-nogc-fp32": [],  # and fp32 compute (no bf16 autocast): TRL's fastest on a CPU without native bf16
 }
 METRICS = ("input_tokens_per_s", "loss_tokens_per_s", "s_per_step", "peak_rss_mb", "final_loss", "heldout_loss", "mfu")
 
@@ -228,7 +229,7 @@ def run_ftkit(mode: str, steps: int, out: Path, variant: str, extra: Sequence[st
     }
 
 
-def trl_quantization(mode: str) -> Any:
+def trl_quantization(mode: str, dtype: torch.dtype = torch.bfloat16) -> Any:
     """The stock QLoRA settings from the TRL/peft docs (bf16 compute dtype), or none."""
     from transformers import BitsAndBytesConfig
 
@@ -237,7 +238,7 @@ def trl_quantization(mode: str) -> Any:
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=dtype,
         )
     if mode == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -262,8 +263,11 @@ def run_trl(mode: str, steps: int, out: Path, variant: str, extra: Sequence[str]
     dataset = Dataset.from_list([{"prompt": e.prompt, "completion": e.completion} for e in examples])
     source = resolve_source(recipe.model.source)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, quantization_config=trl_quantization(mode))
-    tuned = {"gradient_checkpointing": False} if variant == "trl-nogc" else {}
+    fp32 = variant == "trl-nogc-fp32"
+    quantization = trl_quantization(mode, torch.float32 if fp32 else torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quantization)
+    tuned: dict[str, Any] = {"gradient_checkpointing": False} if variant.startswith("trl-nogc") else {}
+    tuned |= {"bf16": False} if fp32 else {}
     config = SFTConfig(
         output_dir=str(out),
         max_steps=steps,
