@@ -11,22 +11,9 @@ from ftkit.evaluation.inference import OptionTrie, score_options
 from ftkit.evaluation.option_search import best_options
 from ftkit.tasks import get_task
 from ftkit.tasks.sentiment import SentimentOptions
+from tests.evaluation.test_inference import INTENTS
+from tests.evaluation.test_inference import _intent_options as _options
 
-INTENTS = [
-    "card_arrival",
-    "card_linking",
-    "card_not_working",
-    "card_swallowed",
-    "exchange_rate",
-    "exchange_charge",
-    "lost_or_stolen_card",
-    "pin_blocked",
-    "top_up_failed",
-    "top_up_reverted",
-    "transfer_timing",
-    "balance_not_updated_after_bank_transfer",
-    "why_verify_identity",
-]
 QUERIES = [
     "Query: my card has not arrived yet\nIntent:",
     "Query: how do I link my card to the app? it keeps failing and I have tried three times now\nIntent:",
@@ -34,10 +21,6 @@ QUERIES = [
     "Query: the exchange rate you gave me was wrong\nIntent:",
     "Query: why do you need to verify who I am\nIntent:",
 ]
-
-
-def _options(tokenizer) -> list[list[int]]:
-    return [tokenizer(f" {i}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for i in INTENTS]
 
 
 def _argmax(scores: list[float]) -> int:
@@ -48,7 +31,7 @@ def _argmax(scores: list[float]) -> int:
 @pytest.mark.parametrize("width", [1, 3, 32])
 def test_search_picks_what_scoring_every_option_picks(tiny_model_dir, tokenizer, attention, width) -> None:
     """Narrow widths make many passes over a growing cache, rows leave it as they finish: each row still gets
-    the argmax of the one-pass scores of all 13 options."""
+    the argmax of the one-pass scores of all 12 options."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attention)
     model.eval()
     prompts = [tokenizer(q)["input_ids"] for q in QUERIES]
