@@ -41,10 +41,12 @@ ONE_PASS_OPTIONS = 8
 @dataclass(frozen=True)
 class _Targets:
     """What the next-token distribution at each node scores (node -1: the prompt's last position): the
-    children it leads to, `(token, child node)`, and the options it completes, `(token, option)`."""
+    children it leads to, `(token, child node)`, the options it completes, `(token, option)`, and the tokens
+    of both in that order (what a pass gathers at the node)."""
 
     children: dict[int, list[tuple[int, int]]]
     endings: dict[int, list[tuple[int, int]]]
+    tokens: dict[int, list[int]]
 
     @classmethod
     def of(cls, trie: OptionTrie) -> _Targets:
@@ -57,10 +59,11 @@ class _Targets:
         endings: dict[int, list[tuple[int, int]]] = {}
         for option, (node, token) in last.items():
             endings.setdefault(node, []).append((token, option))
-        return cls(children, endings)
-
-    def tokens_at(self, node: int) -> list[int]:
-        return [t for t, _ in self.children.get(node, [])] + [t for t, _ in self.endings.get(node, [])]
+        tokens = {
+            node: [t for t, _ in children.get(node, [])] + [t for t, _ in endings.get(node, [])]
+            for node in {*children, *endings}
+        }
+        return cls(children, endings, tokens)
 
 
 @dataclass
@@ -76,7 +79,7 @@ class _Row:
 
     def learn(self, node: int, targets: _Targets, logprobs: Sequence[float]) -> None:
         """Take the log-probabilities the distribution at `node` gives its children and endings, in the
-        order of `targets.tokens_at(node)`."""
+        order of `targets.tokens[node]`."""
         base, values = self.scores[node], iter(logprobs)
         for (_, child), value in zip(targets.children.get(node, []), values, strict=False):
             self.frontier[child] = self.scores[child] = base + value
@@ -192,7 +195,7 @@ def _learn(rows: Sequence[_Row], nodes: Sequence[Sequence[int]], logits: torch.T
         (r, k, token)
         for r, row_nodes in enumerate(nodes)
         for k, n in enumerate(row_nodes)
-        for token in targets.tokens_at(n)
+        for token in targets.tokens[n]
     ]
     index = torch.tensor(where, dtype=torch.long, device=logits.device)
     normaliser = torch.logsumexp(logits.float(), dim=-1)
@@ -200,6 +203,6 @@ def _learn(rows: Sequence[_Row], nodes: Sequence[Sequence[int]], logits: torch.T
     at = 0
     for row, row_nodes in zip(rows, nodes, strict=True):
         for node in row_nodes:
-            count = len(targets.tokens_at(node))
+            count = len(targets.tokens[node])
             row.learn(node, targets, values[at : at + count])
             at += count

@@ -65,7 +65,7 @@ def test_a_row_prunes_what_cannot_beat_its_best_and_breaks_ties_by_index() -> No
     # option 0 = (6, 7, EOS), option 1 = (5, EOS), option 2 = (9, 9, EOS); nodes: 0 (6), 1 (6 7), 2 (5), 3 (9), 4 (9 9)
     trie = OptionTrie.build([[6, 7, 2], [5, 2], [9, 9, 2]])
     targets = _Targets.of(trie)
-    assert targets.tokens_at(-1) == [6, 5, 9]
+    assert targets.tokens[-1] == [6, 5, 9]
     row = _Row()
     row.learn(-1, targets, [-1.0, -0.5, -2.5])  # log p(6), log p(5), log p(9) after the prompt
     assert row.next_nodes(1) == [2]  # (5) first: the best prefix
