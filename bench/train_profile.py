@@ -38,7 +38,7 @@ from common import ROOT, machine, write_results  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 SIDES = {  # name: recipe overrides on top of the benchmark's work
-    "before": ["train.dequantized_base=false"],
+    "before": ["model.dequantized_base=false"],
     "after": [],
 }
 BUCKETS = (
@@ -153,7 +153,7 @@ def render(results: list[dict[str, Any]]) -> str:
     lines.append(
         "\nProfiled optimizer steps 2-5 of the 4-bit training benchmark's work (torch.profiler adds its own "
         "overhead, so these steps are slower than bench/train_speed.py's); before = bitsandbytes dequantizes "
-        "every step (train.dequantized_base: false), after = ftkit's default."
+        "every step (model.dequantized_base: false), after = ftkit's default."
     )
     return "\n".join(lines)
 

@@ -72,7 +72,7 @@ PLAN = {
 BATCH = 8
 VARIANTS = {  # name: what it turns off or on (each is one extra run per pair)
     "ftkit-gc": ["train.gradient_checkpointing=true"],  # memory for speed
-    "ftkit-bnb": ["train.dequantized_base=false"],  # bitsandbytes dequantizes the 4-bit weights every step
+    "ftkit-bnb": ["model.dequantized_base=false"],  # bitsandbytes dequantizes the 4-bit weights every step
     "ftkit-fp32": ["model.compute_dtype=float32"],  # what the bf16 compute dtype buys on this CPU
     "ftkit-random": ["train.group_by_length=false"],  # what length grouping buys
     "ftkit-full-head": [],  # LM head and loss at every position, the Trainer's own loss

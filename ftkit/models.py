@@ -23,6 +23,7 @@ from typing import Any, cast
 
 import torch
 
+from ftkit import dequantized
 from ftkit.errors import FtkitError
 from ftkit.recipe import ModelConfig
 from ftkit.runs import sha256_file
@@ -333,4 +334,5 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     if len(tokenizer) > embeddings.num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    dequantized.keep_if_wanted(model, cfg.dequantized_base)
     return LoadedModel(model=model, tokenizer=tokenizer, source=source)

@@ -78,6 +78,12 @@ class ModelConfig(Section):
     )
     revision: str | None = None
     trust_remote_code: bool = False
+    dequantized_base: bool | Literal["auto"] = Field(
+        default="auto",
+        description="run a 4-bit base against dequantized copies of its frozen weights (same numbers, faster on a "
+        "CPU, 4-8x the 4-bit weights' memory); 'auto' = on a CPU when they take <= 1/4 of the free memory, for "
+        "inference too unless bitsandbytes has its fused AVX512-BF16 kernel",
+    )
 
     @field_validator("source")
     @classmethod
@@ -204,11 +210,6 @@ class TrainConfig(Section):
     log_every: int = Field(default=5, ge=1, description="steps between log lines")
     gradient_checkpointing: bool = False
     group_by_length: bool = Field(default=True, description="batch similar lengths together to cut padding")
-    dequantized_base: bool | Literal["auto"] = Field(
-        default="auto",
-        description="train a 4-bit base against dequantized copies of its frozen weights (same numbers, faster on "
-        "a CPU, 4x the 4-bit weights' memory); 'auto' = on a CPU when they take <= 1/4 of the free memory",
-    )
     keep: Literal["auto", "best", "last"] = Field(
         default="auto",
         description="which adapter the run keeps: 'best' by the validation metric (eval.select_metric), 'last', "

@@ -29,7 +29,7 @@ from ftkit.errors import FtkitError
 from ftkit.models import LoadedModel, compute_dtype, load_model
 from ftkit.recipe import Recipe, TrainConfig
 from ftkit.runs import DiskFullError, RunDir, append_jsonl, disk_guard, size_of, staged_dir, write_json, write_manifest
-from ftkit.training import adapters, dequantized, distributed, selection
+from ftkit.training import adapters, distributed, selection
 
 
 class TrainingError(FtkitError):
@@ -325,13 +325,6 @@ def train(
     batch = _record_launch(args, run)
     loaded: LoadedModel = load_model(recipe.model)
     model = adapters.attach(loaded.model, recipe.adapter, recipe.train.gradient_checkpointing)
-    if dequantized.wanted(recipe.train.dequantized_base, model):
-        copies = dequantized.keep_dequantized(model)
-        print(
-            f"4-bit base weights kept dequantized for training: {copies / 1e6:.0f} MB "
-            "(train.dequantized_base: false saves it)",
-            file=sys.stderr,
-        )
     before = adapters.lora_snapshot(model)
 
     log = RunLog(run, chosen.metric)

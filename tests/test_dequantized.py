@@ -1,7 +1,8 @@
-"""Frozen 4-bit weights kept dequantized for training: bit-identical losses, gradients and adapters."""
+"""Frozen 4-bit weights kept dequantized: bit-identical losses, gradients, adapters and inference logits."""
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ftkit import dequantized
 from ftkit.cli import main
 from ftkit.models import load_model
 from ftkit.recipe import AdapterConfig, ModelConfig, load_recipe
-from ftkit.training import adapters, dequantized
+from ftkit.training import adapters
 from ftkit.training.trainer import Collator
 
 
@@ -51,18 +53,53 @@ def test_training_against_the_copies_is_bit_identical(tiny_model_dir: Path, comp
     assert torch.equal(loss, loss_kept)
     assert grads.keys() == grads_kept.keys()
     assert all(torch.equal(grads[name], grads_kept[name]) for name in grads)
-    # the copies are what trains: with the packed 4-bit codes wiped, the training loss does not move,
-    # while outside training the layers are bitsandbytes' own again and see the wiped codes
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    model.eval()
-    with torch.no_grad():
-        before_wipe = model(**inputs).logits
-        for layer in layers:
-            layer.weight.data.zero_()
-        after_wipe = model(**inputs).logits
-    assert not torch.equal(before_wipe, after_wipe)
-    model.train()
+    # the copies are what trains: with the packed 4-bit codes wiped, the training loss does not move
+    for layer in layers:
+        layer.weight.data.zero_()
     assert torch.equal(_loss_and_grads(model, batch)[0], loss)
+
+
+@pytest.mark.parametrize(("compute_dtype", "double_quant"), [("bfloat16", True), ("float32", True), ("float32", False)])
+def test_inference_against_the_copies_is_bit_identical(tiny_model_dir: Path, compute_dtype, double_quant) -> None:
+    """Against bitsandbytes' dequantize-then-matmul inference, on any CPU: its fused AVX512-BF16 kernel, where the
+    CPU has one, is switched off per layer for the reference (that kernel is why `auto` leaves inference alone)."""
+    model = _lora_model(tiny_model_dir, compute_dtype, double_quant).eval()
+    layers = list(dequantized.four_bit_layers(model))
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    rows = [{"input_ids": list(range(5, 5 + n)), "labels": list(range(5, 5 + n))} for n in (9, 4)]
+    inputs = {k: v for k, v in Collator(0)(rows).items() if k != "labels"}
+    with torch.inference_mode():
+        reference = model(**inputs).logits
+        dequantized.keep_dequantized(model, True)
+        assert torch.equal(model(**inputs).logits, reference)
+        for layer in layers:  # the copies are what runs
+            layer.weight.data.zero_()
+        assert torch.equal(model(**inputs).logits, reference)
+
+
+@pytest.mark.parametrize(
+    ("setting", "fused_kernel", "expected"),
+    [("auto", False, True), ("auto", True, False), (True, True, True), (True, False, True)],
+)
+def test_auto_leaves_inference_to_the_fused_kernel(setting, fused_kernel: bool, expected: bool) -> None:
+    layer = types.SimpleNamespace(support_avx512bf16_for_cpu=fused_kernel)
+    assert dequantized.for_inference(setting, layer) is expected
+
+
+@pytest.mark.parametrize("setting", [True, False])
+def test_load_model_keeps_them_as_the_recipe_says(tiny_model_dir: Path, setting: bool, capsys) -> None:
+    cfg = ModelConfig(
+        source=str(tiny_model_dir), quantization="4bit", compute_dtype="float32", dequantized_base=setting
+    )
+    model = load_model(cfg).model.train()  # training mode: bitsandbytes' own path is the same on every CPU
+    assert ("kept dequantized for training and inference" in capsys.readouterr().err) is setting
+    ids = torch.tensor([list(range(5, 14))])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        for layer in dequantized.four_bit_layers(model):
+            layer.weight.data.zero_()
+        assert torch.equal(model(input_ids=ids).logits, before) is setting
 
 
 def test_the_copy_is_what_bitsandbytes_multiplies_with(tiny_model_dir: Path) -> None:
@@ -88,7 +125,7 @@ def test_auto_keeps_them_on_a_cpu_and_never_for_an_unquantized_base(tiny_model_d
 def test_a_run_trains_the_same_adapter_either_way(write_recipe, capsys) -> None:
     adapters_by_setting = {}
     for setting in (True, False):
-        path = write_recipe(f"deq-{setting}", model={"quantization": "4bit"}, train={"dequantized_base": setting})
+        path = write_recipe(f"deq-{setting}", model={"quantization": "4bit", "dequantized_base": setting})
         assert main(["train", str(path), "--no-eval"]) == 0
         assert ("kept dequantized for training" in capsys.readouterr().err) is setting
         weights = load_file(load_recipe(path).run_dir / "adapter" / "adapter_model.safetensors")
@@ -98,6 +135,6 @@ def test_a_run_trains_the_same_adapter_either_way(write_recipe, capsys) -> None:
 
 
 def test_a_bad_setting_is_refused_by_name(write_recipe, capsys) -> None:
-    path = write_recipe("deq-bad", train={"dequantized_base": "sometimes"})
+    path = write_recipe("deq-bad", model={"dequantized_base": "sometimes"})
     assert main(["train", str(path)]) == 2
-    assert "train.dequantized_base" in capsys.readouterr().err
+    assert "model.dequantized_base" in capsys.readouterr().err
