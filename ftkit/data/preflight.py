@@ -14,7 +14,7 @@ from typing import Any
 from ftkit.data.encoding import IGNORE_INDEX, Encoded, stop_ids
 from ftkit.data.prepared import PreparedData, prepare
 from ftkit.evaluation.sample import label_balance, warnings
-from ftkit.models import meta_model
+from ftkit.models import compute_dtype, meta_model
 from ftkit.recipe import Recipe, load_recipe
 
 
@@ -147,8 +147,12 @@ def estimate_memory(recipe: Recipe, source: str) -> str:
     logits = max(recipe.train.batch_size, recipe.eval.batch_size) * recipe.data.max_length * config.vocab_size * 4 * 3
     gb = 1024**3
     total = RUNTIME_OVERHEAD_GB + (weights + lora + activations + logits) / gb
+    copies = ""
+    if recipe.model.quantization == "4bit" and recipe.model.dequantized_base is not False:
+        size = linear_params * torch.empty((), dtype=compute_dtype(recipe.model.compute_dtype)).element_size()
+        copies = f"; on a CPU, + {size / gb:.2f} GB of dequantized copies (model.dequantized_base)"
     return (
         f"~{total:.1f} GB = weights {weights / gb:.2f} + LoRA/grad/Adam {lora / gb:.2f} "
         f"+ activations {activations / gb:.2f} + logits {logits / gb:.2f} + runtime {RUNTIME_OVERHEAD_GB} "
-        f"(batch {recipe.train.batch_size} x {recipe.data.max_length} tokens)"
+        f"(batch {recipe.train.batch_size} x {recipe.data.max_length} tokens){copies}"
     )

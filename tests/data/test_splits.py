@@ -112,6 +112,13 @@ def test_data_report_shows_lengths_masking_and_memory(write_recipe, capsys) -> N
         assert expected in out, expected
 
 
+@pytest.mark.parametrize(("setting", "shown"), [("auto", True), (False, False)])
+def test_the_memory_estimate_counts_the_dequantized_copies(write_recipe, capsys, setting, shown: bool) -> None:
+    path = write_recipe(f"copies-{setting}", model={"quantization": "4bit", "dequantized_base": setting})
+    assert main(["data", str(path)]) == 0
+    assert ("GB of dequantized copies (model.dequantized_base)" in capsys.readouterr().out) is shown
+
+
 def test_bad_rows_fail_by_default_and_can_be_skipped_with_a_count(tmp_path) -> None:
     rows = [
         {"text": "fine kettle", "label": "positive"},
