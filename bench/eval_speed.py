@@ -11,8 +11,11 @@ alternation (ftkit eval, baseline, ftkit eval, baseline, ...) so that machine no
   Trainer-based toolkit typically does (`generate(max_new_tokens=3)` per example, then parse the label word);
   for qa and chat, greedy `generate` with a KV cache on one prompt at a time (the product's own
   `generate_greedy` with a batch of one), whose replies must equal the command's batched ones.
+- with `--baselines same,bitsandbytes`, the same baseline once more on the base as transformers and bitsandbytes
+  load it for any toolkit (`model.dequantized_base: false`: a 4-bit weight dequantized on every forward), so the
+  table shows both what batching alone buys and what ftkit's evaluation buys over a plain one-at-a-time loop.
 
-    python bench/eval_speed.py [--tasks sentiment,qa,chat] [--examples 200] [--repeats 2]
+    python bench/eval_speed.py [--tasks sentiment,qa,chat] [--examples 200] [--repeats 2] [--baselines same]
 
 Writes bench/results/eval_speed.json and .md and prints the Markdown table; `make bench` runs it after the
 training benchmark (bench/train_speed.py). The many-label case is bench/label_scaling.py.
@@ -55,6 +58,8 @@ BASELINE = {
     "qa": "generate, one at a time",
     "chat": "generate, one at a time",
 }
+# Which base a baseline runs on: the one `ftkit eval` loads, or bitsandbytes' own 4-bit path (no dequantized copies).
+BASELINE_BASES = {"same": {}, "bitsandbytes": {"dequantized_base": False}}
 
 
 def ftkit_eval(recipe: Path, data: Path, out: Path) -> tuple[float, list[Any]]:
@@ -103,7 +108,11 @@ def agreement(name: str, ours: list[Any], theirs: list[Any], examples: Sequence[
     return {"identical_outputs": sum(a == b for a, b in zip(texts, theirs)), "of": len(examples)}
 
 
-def bench_task(name: str, recipe_path: Path, n: int, repeats: int, work: Path) -> dict[str, Any]:
+def baseline_method(name: str, base: str) -> str:
+    return BASELINE[name] + ("" if base == "same" else f", {base} base")
+
+
+def bench_task(name: str, recipe_path: Path, n: int, repeats: int, work: Path, bases: Sequence[str]) -> dict[str, Any]:
     recipe: Recipe = load_recipe(recipe_path)
     task = get_task(recipe.task, recipe.data.max_length)
     test = recipe.data.test
@@ -113,19 +122,21 @@ def bench_task(name: str, recipe_path: Path, n: int, repeats: int, work: Path) -
     from ftkit.data.splits import load_split
 
     examples = load_split(recipe, task, "test", path=data).examples
-    loaded = load_model(recipe.model)
-    model, tokenizer = loaded.model.eval(), loaded.tokenizer
-    runs: dict[str, list[float]] = {METHOD[name]: [], BASELINE[name]: []}
+    loaded = {base: load_model(recipe.model.model_copy(update=BASELINE_BASES[base])) for base in bases}
+    methods = {base: baseline_method(name, base) for base in bases}
+    runs: dict[str, list[float]] = {METHOD[name]: [], **{method: [] for method in methods.values()}}
     ours: list[Any] = []
-    theirs: list[Any] = []
+    theirs: dict[str, list[Any]] = {}
     for repeat in range(repeats):
         seconds, ours = ftkit_eval(recipe_path, data, work / f"{name}-{repeat}")
         runs[METHOD[name]].append(seconds)
-        started = time.perf_counter()
-        theirs = baseline_for(name)(model, tokenizer, task, examples)
-        runs[BASELINE[name]].append(time.perf_counter() - started)
+        for base, one in loaded.items():
+            started = time.perf_counter()
+            theirs[base] = baseline_for(name)(one.model.eval(), one.tokenizer, task, examples)
+            runs[methods[base]].append(time.perf_counter() - started)
     medians = {method: statistics.median(seconds) for method, seconds in runs.items()}
-    del model, loaded
+    del loaded
+    first = methods[bases[0]]
     return {
         "task": name,
         "recipe": str(recipe_path.relative_to(ROOT)),
@@ -141,29 +152,34 @@ def bench_task(name: str, recipe_path: Path, n: int, repeats: int, work: Path) -
             }
             for method, seconds in runs.items()
         ],
-        "speedup": round(medians[BASELINE[name]] / medians[METHOD[name]], 2),
-        "per_pair_speedups": [round(b / a, 2) for a, b in zip(runs[METHOD[name]], runs[BASELINE[name]])],
-        **agreement(name, ours, theirs, examples),
+        "speedup": round(medians[first] / medians[METHOD[name]], 2),
+        "per_pair_speedups": [round(b / a, 2) for a, b in zip(runs[METHOD[name]], runs[first])],
+        "speedups": {method: round(medians[method] / medians[METHOD[name]], 2) for method in methods.values()},
+        **agreement(name, ours, theirs[bases[0]], examples),
     }
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| task | method | examples | median s | examples/s | speedup | check |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | method | examples | median s | examples/s | ftkit eval is | check |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         check = (
             f"accuracy {r['accuracy']:.3f} vs {r['baseline_accuracy']:.3f}"
             if "accuracy" in r
             else f"{r['identical_outputs']}/{r['of']} replies identical"
         )
-        ours, theirs = r["rows"]
+        ours, *baselines = r["rows"]
         lines.append(
             f"| {r['task']} | ftkit eval: {ours['method']} | {r['examples']} | {ours['median_s']} "
-            f"| {ours['examples_per_s']} | {r['speedup']}x | {check} |"
+            f"| {ours['examples_per_s']} | | {check} |"
         )
-        lines.append(
-            f"| {r['task']} | {theirs['method']} | {r['examples']} | {theirs['median_s']} "
-            f"| {theirs['examples_per_s']} | 1x | |"
-        )
+        for theirs in baselines:
+            lines.append(
+                f"| {r['task']} | {theirs['method']} | {r['examples']} | {theirs['median_s']} "
+                f"| {theirs['examples_per_s']} | {r['speedups'][theirs['method']]}x faster | |"
+            )
     return "\n".join(lines)
 
 
@@ -172,13 +188,22 @@ def main() -> None:
     parser.add_argument("--tasks", default="sentiment,qa,chat", help="comma-separated, of: " + ", ".join(RECIPES))
     parser.add_argument("--examples", type=int, default=200, help="first N test rows of each recipe")
     parser.add_argument("--repeats", type=int, default=2, help="alternated pairs (ftkit eval, baseline) per task")
+    parser.add_argument(
+        "--baselines",
+        default="same",
+        help="comma-separated bases the one-at-a-time baseline runs on: 'same' (as ftkit eval loads it), "
+        "'bitsandbytes' (no dequantized 4-bit copies); the speedup column uses the first",
+    )
     args = parser.parse_args()
+    bases = [base.strip() for base in args.baselines.split(",") if base.strip()]
+    if not bases or any(base not in BASELINE_BASES for base in bases):
+        parser.error(f"--baselines: choose from {list(BASELINE_BASES)}")
     names = [name.strip() for name in args.tasks.split(",") if name.strip()]
     unknown = [name for name in names if name not in RECIPES]
     if unknown:
         parser.error(f"--tasks: unknown {unknown}; choose from {list(RECIPES)}")
     with tempfile.TemporaryDirectory(prefix="ftkit-eval-bench-") as work:
-        results = [bench_task(name, RECIPES[name], args.examples, args.repeats, Path(work)) for name in names]
+        results = [bench_task(name, RECIPES[name], args.examples, args.repeats, Path(work), bases) for name in names]
     result = {"torch_threads": torch.get_num_threads(), "machine": machine(), "tasks": results}
     text = table(results)
     out, _ = write_results("eval_speed", result, text)
