@@ -19,14 +19,11 @@ On a GPU bitsandbytes' own kernels are fast and memory is the scarce resource, s
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
-
-log = logging.getLogger(__name__)
 
 Setting = bool | Literal["auto"]
 
