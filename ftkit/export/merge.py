@@ -160,7 +160,10 @@ def merge(
         return outputs_of(model, tokenizer, probe, max_new_tokens)
 
     with runs.output_folder(out, overwrite) as stage:
-        quantized = load_model(cfg).model if cfg.quantization != "none" else None  # the base as trained
+        # the base as trained, for a few probe forwards: its dequantized copies would only add memory beside the
+        # full-precision base loaded next (bitsandbytes' own path gives the same numbers)
+        as_trained = cfg.model_copy(update={"dequantized_base": False})
+        quantized = load_model(as_trained).model if cfg.quantization != "none" else None
         base, replaced = full_precision_base(cfg, quantized if base_policy == "dequantized" else None)
         trained = run(adapters.load(quantized, adapter_dir, tokenizer=tokenizer)) if quantized is not None else None
         del quantized
