@@ -41,8 +41,7 @@ def four_bit_layers(model: torch.nn.Module) -> Iterator[Any]:
 def copy_bytes(model: torch.nn.Module) -> int:
     """What the dequantized copies of every 4-bit weight take, in bytes."""
     return sum(
-        layer.weight.quant_state.shape.numel() * torch.empty((), dtype=compute_dtype_of(layer)).element_size()
-        for layer in four_bit_layers(model)
+        layer.weight.quant_state.shape.numel() * compute_dtype_of(layer).itemsize for layer in four_bit_layers(model)
     )
 
 

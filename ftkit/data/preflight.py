@@ -149,7 +149,7 @@ def estimate_memory(recipe: Recipe, source: str) -> str:
     total = RUNTIME_OVERHEAD_GB + (weights + lora + activations + logits) / gb
     copies = ""
     if recipe.model.quantization == "4bit" and recipe.model.dequantized_base is not False:
-        size = linear_params * torch.empty((), dtype=compute_dtype(recipe.model.compute_dtype)).element_size()
+        size = linear_params * compute_dtype(recipe.model.compute_dtype).itemsize
         copies = f"; on a CPU, + {size / gb:.2f} GB of dequantized copies (model.dequantized_base)"
     return (
         f"~{total:.1f} GB = weights {weights / gb:.2f} + LoRA/grad/Adam {lora / gb:.2f} "
