@@ -7,7 +7,9 @@ matmul with it. The weight is frozen, so that dequantization gives the same tens
 computes it once per layer and runs against the copy. The forward is `F.linear(x, W, bias)` and the backward
 autograd's `grad @ W`, exactly the operations bitsandbytes runs on the tensor it would have dequantized, so
 logits, losses and gradients are bit-identical (tests compare them). Decoding one token at a time gains the most:
-there the dequantization is most of a step's work.
+there the dequantization is most of a step's work. The one exception: an inference forward of 2-15 rows (a
+decode step of a few sequences) multiplies in float32 as `W @ x.T` (`few_rows`), twice as fast there, with the
+same products summed in another order.
 
 Inference is the exception: on a CPU with AVX512-BF16, bitsandbytes repacks the weight at the first inference
 forward for a fused 4-bit kernel that never dequantizes (other rounding). There `auto` leaves inference to that
@@ -24,6 +26,8 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
+
+from ftkit import few_rows
 
 Setting = bool | Literal["auto"]
 
@@ -116,7 +120,7 @@ class _DequantizedForward:
             return self.original(x)
         bias = self.layer.bias
         # bitsandbytes: input in the compute dtype, bias likewise, output back in the input's dtype
-        out = torch.nn.functional.linear(
-            x.to(self.weight.dtype), self.weight, None if bias is None else bias.to(self.weight.dtype)
-        )
-        return out.to(x.dtype)
+        narrow, bias = x.to(self.weight.dtype), None if bias is None else bias.to(self.weight.dtype)
+        if self.layer.training:
+            return torch.nn.functional.linear(narrow, self.weight, bias).to(x.dtype)
+        return few_rows.linear(narrow, self.weight, bias).to(x.dtype)  # a decode step's few rows: W @ x.T

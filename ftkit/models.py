@@ -23,7 +23,7 @@ from typing import Any, cast
 
 import torch
 
-from ftkit import dequantized
+from ftkit import dequantized, few_rows
 from ftkit.errors import FtkitError
 from ftkit.recipe import ModelConfig
 from ftkit.runs import sha256_file
@@ -335,4 +335,5 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         model.resize_token_embeddings(len(tokenizer))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     dequantized.keep_if_wanted(model, cfg.dequantized_base)
+    few_rows.install(model)
     return LoadedModel(model=model, tokenizer=tokenizer, source=source)
