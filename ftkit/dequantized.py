@@ -7,7 +7,7 @@ matmul with it. The weight is frozen, so that dequantization gives the same tens
 computes it once per layer and runs against the copy. The forward is `F.linear(x, W, bias)` and the backward
 autograd's `grad @ W`, exactly the operations bitsandbytes runs on the tensor it would have dequantized, so
 logits, losses and gradients are bit-identical (tests compare them). Decoding one token at a time gains the most:
-there the dequantization is most of a step's work. The one exception: an inference forward of 2-15 rows (a
+there the dequantization is most of a step's work. The one exception: an inference forward of 2-9 rows (a
 decode step of a few sequences) multiplies in float32 as `W @ x.T` (`few_rows`), twice as fast there, with the
 same products summed in another order.
 
