@@ -1,13 +1,15 @@
 """Inference matmuls of a few rows on a CPU in float32: `W @ x.T`, not `x @ W.T`.
 
-A decode step multiplies every weight by one row per sequence: a server's four streams, a batched generation's
-eight. `F.linear(x, W)` asks MKL for `x @ W.T`, which for 2-9 rows repacks all of W on every call and runs at
-about half the speed of one row; `W @ x.T` reads W once. Measured on the default model's 211 weights (2-core AMD
-EPYC, float32, best of 5): 4 rows 85.6 ms as `x @ W.T`, 38.7 ms as `W @ x.T`, 8 rows 78.6 and 48.9, 9 rows 106.7
-and 78.6; 1 row 48 ms either way. From 10 rows on the gain was within noise (and from 12 on the two give equal
-values), so those stay `F.linear`. The products are the same, summed in another order, so outputs differ in their
-last bits (max |diff| ~1e-6), as `F.linear`'s own outputs for one row already differ from its outputs for two:
-greedy answers of batched and one-at-a-time decoding are tested to be equal.
+A decode step multiplies every weight by one row per sequence: a server's four streams, the last small batch of
+a batched generation. `F.linear(x, W)` asks MKL for `x @ W.T`, which for 2-9 rows repacks all of W on every call
+and runs at about half the speed of one row; `W @ x.T` reads W once. Measured on the default model's 211 weights
+(2-core AMD EPYC, float32, best of 5): 4 rows 85.6 ms as `x @ W.T`, 38.7 ms as `W @ x.T`, 8 rows 78.6 and 48.9,
+9 rows 106.7 and 78.6; 1 row 48 ms either way. From 10 rows on the gain was within noise (and from 12 on the two
+give equal values), so those stay `F.linear`.
+
+The products are the same, summed in another order, so outputs differ in their last bits (max |diff| ~1e-6), as
+`F.linear`'s own outputs for one row already differ from its outputs for two: greedy answers of batched and
+one-at-a-time decoding are tested to be equal.
 
 Only inference takes it (a module in eval mode): training's numbers stay `F.linear`'s. bfloat16 matmuls go to
 oneDNN, which was not measured to need it, so they are left alone.
