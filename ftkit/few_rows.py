@@ -4,8 +4,8 @@ A decode step multiplies every weight by one row per sequence: a server's four s
 a batched generation. `F.linear(x, W)` asks MKL for `x @ W.T`, which for 2-9 rows repacks all of W on every call
 and runs at about half the speed of one row; `W @ x.T` reads W once. Measured on the default model's 211 weights
 (2-core AMD EPYC, float32, best of 5): 4 rows 85.6 ms as `x @ W.T`, 38.7 ms as `W @ x.T`, 8 rows 78.6 and 48.9,
-9 rows 106.7 and 78.6; 1 row 48 ms either way. From 10 rows on the gain was within noise (and from 12 on the two
-give equal values), so those stay `F.linear`.
+9 rows 106.7 and 78.6; 1 row 48 ms either way. From 10 rows on the gain was within noise in that benchmark, so
+those stay `F.linear` (a whole decode step of 16 rows was 1.33x faster in a later A/B: not yet taken).
 
 The products are the same, summed in another order, so outputs differ in their last bits (max |diff| ~1e-6), as
 `F.linear`'s own outputs for one row already differ from its outputs for two: greedy answers of batched and
