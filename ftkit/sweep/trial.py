@@ -80,11 +80,12 @@ class Objective:
             raise QuotaReached(f"trial {trial.number}: {self.quota} trials are finished or running elsewhere")
         params = {d.key: d.suggest(trial) for d in self.space.dimensions}
         run = runs.RunDir(trial_dir(self.trials, trial.number).resolve())
-        trial.set_user_attr("run_dir", str(run.path))
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         recipe = load_recipe(self.recipe_path, [*self.recipe_overrides, *overrides(params), f"output.dir={run.path}"])
         with runs.locked(run):
             runs.prepare(run, overwrite=False, resume=False)  # a number is run once: an existing folder is refused
+            # recorded once the folder exists, so a trial's run_dir names a folder even if its worker dies next
+            trial.set_user_attr("run_dir", str(run.path))
+            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
             runs.write_text(run.recipe, recipe.to_yaml())
             watcher = ReportToTrial(trial, self.metric)
             result = train(recipe, run, self.prepared, callbacks=[watcher])
