@@ -121,6 +121,5 @@ class _DequantizedForward:
         bias = self.layer.bias
         # bitsandbytes: input in the compute dtype, bias likewise, output back in the input's dtype
         narrow, bias = x.to(self.weight.dtype), None if bias is None else bias.to(self.weight.dtype)
-        if self.layer.training:
-            return torch.nn.functional.linear(narrow, self.weight, bias).to(x.dtype)
-        return few_rows.linear(narrow, self.weight, bias).to(x.dtype)  # a decode step's few rows: W @ x.T
+        # F.linear, or in inference on a decode step's few rows W @ x.T
+        return few_rows.linear(narrow, self.weight, bias, training=self.layer.training).to(x.dtype)

@@ -25,10 +25,13 @@ import torch
 FEW_ROWS = 10
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, as `weight @ x.T` where that is faster (see the module's docstring)."""
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, training: bool = False
+) -> torch.Tensor:
+    """`F.linear(x, weight, bias)`, as `weight @ x.T` in inference where that is faster (see the module's
+    docstring); while `training`, always `F.linear`."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if not (1 < rows < FEW_ROWS and weight.dtype == torch.float32 and weight.device.type == "cpu"):
+    if training or not (1 < rows < FEW_ROWS and _fits(weight)):
         return torch.nn.functional.linear(x, weight, bias)
     out = torch.mm(weight, x.reshape(rows, -1).T).T.reshape(*x.shape[:-1], -1)
     return out if bias is None else out + bias
@@ -41,9 +44,7 @@ class _FewRowsForward:
         self.layer = layer
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layer.training:
-            return torch.nn.functional.linear(x, self.layer.weight, self.layer.bias)
-        return linear(x, self.layer.weight, self.layer.bias)
+        return linear(x, self.layer.weight, self.layer.bias, training=self.layer.training)
 
 
 def install(model: torch.nn.Module) -> int:
