@@ -7,8 +7,8 @@ matmul with it. The weight is frozen, so that dequantization gives the same tens
 computes it once per layer and runs against the copy. The forward is `F.linear(x, W, bias)` and the backward
 autograd's `grad @ W`, exactly the operations bitsandbytes runs on the tensor it would have dequantized, so
 logits, losses and gradients are bit-identical (tests compare them). Decoding one token at a time gains the most:
-there the dequantization is most of a step's work. (A float32 inference forward of 2-9 rows, a decode step of a
-few sequences, multiplies as `W @ x.T` instead, up to twice as fast: the same products summed in another order,
+there the dequantization is most of a step's work. (A float32 inference forward of 2-64 rows, a decode step of
+several sequences, multiplies as `W @ x.T` instead, up to twice as fast: the same products summed in another order,
 see `few_rows`.)
 
 Inference is the exception: on a CPU with AVX512-BF16, bitsandbytes repacks the weight at the first inference

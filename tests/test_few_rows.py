@@ -18,13 +18,13 @@ from ftkit.recipe import ModelConfig
 def test_linear_is_f_linear_for_every_row_count(bias: bool, leading: tuple[int, ...]) -> None:
     torch.manual_seed(0)
     weight, b = torch.randn(48, 40), torch.randn(48) if bias else None
-    for rows in range(1, 21):
+    for rows in [*range(1, 21), few_rows.FEW_ROWS, few_rows.FEW_ROWS + 1]:
         x = torch.randn(*leading, rows, 40)
         expected = torch.nn.functional.linear(x, weight, b)
         got = few_rows.linear(x, weight, b)
         assert got.shape == expected.shape
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-        if not 1 < x.numel() // 40 < few_rows.FEW_ROWS:  # outside the few rows it is F.linear itself
+        if not 1 < x.numel() // 40 <= few_rows.FEW_ROWS:  # outside a decode step's rows it is F.linear itself
             assert torch.equal(got, expected)
 
 
@@ -69,4 +69,4 @@ def test_a_loaded_model_decodes_few_rows_so_and_batched_greedy_answers_stay_one_
         batched = generate_greedy(model, tokenizer, prompts, max_new_tokens=10)
     alone = [generate_greedy(model, tokenizer, [prompt], max_new_tokens=10)[0] for prompt in prompts]
     assert batched == alone and all(batched)
-    assert taken and set(taken) <= set(range(2, len(prompts) + 1))
+    assert len(prompts) in taken and max(taken) <= few_rows.FEW_ROWS
