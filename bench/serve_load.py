@@ -9,13 +9,16 @@ another, greedy, `max_tokens` each, streamed. Two scenarios run against the one 
 - `mixed`: request k asks `base`, `alpha`, `beta` in turn (k mod 3), so batches mix adapters.
 
 Request k of a level asks question k, so the same (question, system) pairs recur across levels, and each
-reply is compared with the 1-client reply to the same pair. Per level: total completion tokens/s over the
-level's wall time, time to first token (first content chunk) and request latency, p50 and p95. Afterwards,
+reply is compared with the first round's 1-client reply to the same pair. Per level: total completion tokens/s
+over the level's wall time, time to first token (first content chunk) and request latency, p50 and p95. The
+levels run `--rounds` times, in turn forwards and backwards (1, 4, 16, then 16, 4, 1, ...), and the table shows
+medians over the rounds, each ratio to one client taken within its round: neighbours' load drifts over minutes,
+and a ratio of levels run minutes apart measures the drift too. Afterwards,
 with the server gone, one decode step of 4 rows is timed in this process three ways, alternated: 2 + 2 rows
 of two adapters as one mixed-adapter forward (what the server does), the same rows as one forward per adapter
 (grouping), and 4 rows of one adapter through peft's active adapter (what the server does for one system).
 
-    python bench/serve_load.py [--requests 8] [--max-tokens 32] [--level-seconds 180] [--torch-threads N]
+    python bench/serve_load.py [--requests 8] [--max-tokens 32] [--rounds 3] [--level-seconds 180] [--torch-threads N]
 
 Bounded: at most `--requests` requests per level (16 at 16 clients) and `--level-seconds` per level; loopback
 only. Writes bench/results/serve_load.json and .md and prints the Markdown tables.
@@ -48,6 +51,7 @@ from common import ROOT, machine, write_results  # noqa: E402
 from ftkit.models import resolve_source  # noqa: E402
 
 LEVELS = (1, 4, 16)
+METRICS = ("wall_s", "tokens_per_s", "ttft_p50_s", "ttft_p95_s", "latency_p50_s", "latency_p95_s")
 SCENARIOS = {"one": ("alpha",), "mixed": ("base", "alpha", "beta")}
 
 
@@ -161,14 +165,38 @@ def run_level(
     }
 
 
-def same_as_alone(levels: list[dict[str, Any]]) -> dict[str, str]:
-    """Per level: how many replies equal the 1-client reply to the same (question, system)."""
-    alone = {r["k"]: r["text"] for r in levels[0]["replies"]}
+def same_as_alone(rounds: list[list[dict[str, Any]]]) -> dict[str, str]:
+    """Per level, over all rounds: how many replies equal the first round's 1-client reply to the same
+    (question, system)."""
+    alone = {r["k"]: r["text"] for r in rounds[0][0]["replies"]}
     counts = {}
-    for level in levels[1:]:
-        shared = [r for r in level["replies"] if r["k"] in alone]
-        counts[str(level["clients"])] = f"{sum(r['text'] == alone[r['k']] for r in shared)}/{len(shared)}"
+    for index, clients in enumerate(LEVELS):
+        runs = [round_[index] for round_ in rounds][1 if index == 0 else 0 :]  # not the reference itself
+        shared = [r for run in runs for r in run["replies"] if r["k"] in alone]
+        if shared:
+            counts[str(clients)] = f"{sum(r['text'] == alone[r['k']] for r in shared)}/{len(shared)}"
     return counts
+
+
+def summary(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per level, medians over the rounds; the ratios to one client are taken within each round."""
+    levels = []
+    for index, clients in enumerate(LEVELS):
+        runs = [(round_[index], round_[0]) for round_ in rounds]
+        speeds = [run["tokens_per_s"] for run, _ in runs]
+        ratios = [run["tokens_per_s"] / one["tokens_per_s"] for run, one in runs]
+        tails = [run["latency_p95_s"] / one["latency_p50_s"] for run, one in runs]
+        levels.append(
+            {"clients": clients, "requests": runs[0][0]["requests"], "tokens": runs[0][0]["tokens"]}
+            | {key: statistics.median(run[key] for run, _ in runs) for key in METRICS}
+            | {
+                "tokens_per_s_range": [min(speeds), max(speeds)],
+                "vs_one_client": statistics.median(ratios),
+                "vs_one_client_per_round": ratios,
+                "p95_vs_one_client_p50": statistics.median(tails),
+            }
+        )
+    return levels
 
 
 @torch.inference_mode()
@@ -226,19 +254,22 @@ def adapters_in_one_step(targets: list[Path], asked: list[str], repeats: int) ->
 
 def table(result: dict[str, Any]) -> str:
     lines = [
+        f"Medians of {result['settings']['rounds']} rounds (tokens/s: min-max; vs 1 client: each round's ratio):",
+        "",
         "| scenario | clients | requests | completion tokens | wall s | tokens/s | vs 1 client | TTFT p50 s "
         "| TTFT p95 s | latency p50 s | latency p95 s | p95 / 1-client p50 | same answer as alone |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for scenario, run in result["scenarios"].items():
-        one = run["levels"][0]
-        for level in run["levels"]:
+        for level in run["summary"]:
             same = run["same_as_alone"].get(str(level["clients"]), "-")
+            ratios = ", ".join(f"{ratio:.2f}" for ratio in level["vs_one_client_per_round"])
+            low, high = level["tokens_per_s_range"]
             lines.append(
                 f"| {scenario} | {level['clients']} | {level['requests']} | {level['tokens']} | {level['wall_s']:.1f} "
-                f"| {level['tokens_per_s']:.1f} | {level['tokens_per_s'] / one['tokens_per_s']:.2f}x "
+                f"| {level['tokens_per_s']:.1f} ({low:.1f}-{high:.1f}) | {level['vs_one_client']:.2f}x ({ratios}) "
                 f"| {level['ttft_p50_s']:.2f} | {level['ttft_p95_s']:.2f} | {level['latency_p50_s']:.2f} "
-                f"| {level['latency_p95_s']:.2f} | {level['latency_p95_s'] / one['latency_p50_s']:.2f}x | {same} |"
+                f"| {level['latency_p95_s']:.2f} | {level['p95_vs_one_client_p50']:.2f}x | {same} |"
             )
     lines += [
         "",
@@ -262,6 +293,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=8, help="requests per level, at least one per client")
     parser.add_argument("--max-tokens", type=int, default=32, help="max_tokens of every request")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of every level, in alternating order")
     parser.add_argument("--level-seconds", type=float, default=180, help="no request starts later in a level")
     parser.add_argument("--step-repeats", type=int, default=7, help="timed decode steps per way")
     parser.add_argument("--scenarios", default="one,mixed", help=f"comma-separated, from {','.join(SCENARIOS)}")
@@ -281,11 +313,16 @@ def main() -> None:
             run_level(url, 1, 1, SCENARIOS["mixed"], asked, args)  # warm-up, not reported
             for scenario in args.scenarios.split(","):
                 systems = SCENARIOS[scenario]
-                levels = [run_level(url, c, max(args.requests, c), systems, asked, args) for c in LEVELS]
+                rounds = []
+                for round_ in range(args.rounds):
+                    order = LEVELS if round_ % 2 == 0 else LEVELS[::-1]
+                    runs = {c: run_level(url, c, max(args.requests, c), systems, asked, args) for c in order}
+                    rounds.append([runs[c] for c in LEVELS])
                 scenarios[scenario] = {
                     "systems": list(systems),
-                    "levels": levels,
-                    "same_as_alone": same_as_alone(levels),
+                    "summary": summary(rounds),
+                    "rounds": rounds,
+                    "same_as_alone": same_as_alone(rounds),
                 }
         finally:
             server.terminate()
