@@ -14,7 +14,7 @@ import string
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
@@ -24,7 +24,6 @@ from ftkit.errors import FtkitError, RowError
 Row = dict[str, Any]
 Progress = Callable[[int], None]  # called with the number of examples just finished
 PairedTest = Literal["mcnemar", "bootstrap"]
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -205,10 +204,12 @@ class Task(ABC):
         from ftkit.evaluation.inference import generate_greedy  # torch: only when predicting, not to validate
 
         budget = self.max_length - max_new_tokens
-        replies: list[str] = []
-        for batch in batches(examples, batch_size):
-            prompts = [truncate_middle(self.eval_prompt_ids(e, tokenizer), budget) for e in batch]
-            replies += generate_greedy(model, tokenizer, prompts, max_new_tokens)
+        prompts = [truncate_middle(self.eval_prompt_ids(e, tokenizer), budget) for e in examples]
+        replies = [""] * len(prompts)
+        for batch in length_batches(prompts, batch_size):
+            chosen = [prompts[row] for row in batch]
+            for row, reply in zip(batch, generate_greedy(model, tokenizer, chosen, max_new_tokens), strict=True):
+                replies[row] = reply
             progress(len(batch))
         return replies
 
@@ -241,9 +242,12 @@ class Task(ABC):
         return prediction
 
 
-def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def length_batches(rows: Sequence[Sequence[int]], size: int) -> Iterator[list[int]]:
+    """The indices of `rows` in batches of `size`, shortest rows first. A batched forward pads every row to its
+    longest, so rows of similar length waste little of it on padding; callers put each result back at its index."""
+    order = sorted(range(len(rows)), key=lambda row: len(rows[row]))
+    for start in range(0, len(order), size):
+        yield order[start : start + size]
 
 
 class TemplateError(ValueError):

@@ -19,7 +19,7 @@ from pydantic import Field
 from ftkit.data.encoding import IGNORE_INDEX, Encoded, assistant_spans
 from ftkit.errors import RowError
 from ftkit.evaluation.metrics import compute, per_example, sum_statistic
-from ftkit.tasks.base import Example, Progress, Row, Task, TaskOptions, alpaca_prompt, batches, register
+from ftkit.tasks.base import Example, Progress, Row, Task, TaskOptions, alpaca_prompt, length_batches, register
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {
@@ -129,19 +129,19 @@ class Chat(Task):
         from ftkit.evaluation.inference import generate_greedy, score_completions
 
         budget = self.eval_budget(tokenizer)
-        predictions: list[dict[str, Any]] = []
-        for batch in batches(examples, batch_size):
-            contexts, references = [], []
-            for example in batch:
-                rendered = assistant_spans(tokenizer, _messages(example))
-                ids, (start, end) = rendered.ids, rendered.spans[-1]
-                context, reply_ids = ids[:start][-budget:], ids[start:end]
-                contexts.append(context)
-                references.append(Encoded(context + reply_ids, [IGNORE_INDEX] * len(context) + reply_ids, False))
-            replies = generate_greedy(model, tokenizer, contexts, self.options.max_new_tokens)
-            logprobs = score_completions(model, tokenizer.pad_token_id, references)
-            for reply, logprob, reference in zip(replies, logprobs, references):
-                predictions.append({"reply": reply, "nll": -logprob, "tokens": reference.trained_tokens})
+        contexts, references = [], []
+        for example in examples:
+            rendered = assistant_spans(tokenizer, _messages(example))
+            ids, (start, end) = rendered.ids, rendered.spans[-1]
+            context, reply_ids = ids[:start][-budget:], ids[start:end]
+            contexts.append(context)
+            references.append(Encoded(context + reply_ids, [IGNORE_INDEX] * len(context) + reply_ids, False))
+        predictions: list[dict[str, Any]] = [{} for _ in examples]
+        for batch in length_batches(contexts, batch_size):
+            replies = generate_greedy(model, tokenizer, [contexts[row] for row in batch], self.options.max_new_tokens)
+            logprobs = score_completions(model, tokenizer.pad_token_id, [references[row] for row in batch])
+            for row, reply, logprob in zip(batch, replies, logprobs, strict=True):
+                predictions[row] = {"reply": reply, "nll": -logprob, "tokens": references[row].trained_tokens}
             progress(len(batch))
         return predictions
 

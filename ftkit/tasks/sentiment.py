@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 from ftkit.data.encoding import truncate_middle
 from ftkit.errors import RowError
 from ftkit.evaluation.metrics import compute, per_example
-from ftkit.tasks.base import Example, Progress, Task, TaskOptions, batches, register, render, slots
+from ftkit.tasks.base import Example, Progress, Task, TaskOptions, length_batches, register, render, slots
 
 
 class SentimentOptions(TaskOptions):
@@ -114,10 +114,12 @@ class Sentiment(Task):
         from ftkit.evaluation.option_search import best_options
 
         labels, options, budget = self.labels, self._options(tokenizer), self.eval_budget(tokenizer)
-        predictions: list[str] = []
-        for batch in batches(examples, batch_size):
-            prompts = [truncate_middle(self.eval_prompt_ids(example, tokenizer), budget) for example in batch]
-            predictions += [labels[best] for best in best_options(model, tokenizer.pad_token_id, prompts, options)]
+        prompts = [truncate_middle(self.eval_prompt_ids(example, tokenizer), budget) for example in examples]
+        predictions = [""] * len(prompts)
+        for batch in length_batches(prompts, batch_size):
+            chosen = [prompts[row] for row in batch]
+            for row, best in zip(batch, best_options(model, tokenizer.pad_token_id, chosen, options), strict=True):
+                predictions[row] = labels[best]
             progress(len(batch))
         return predictions
 

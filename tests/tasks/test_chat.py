@@ -100,6 +100,26 @@ def test_predict_generates_replies_and_scores_reference_likelihood(chat, tokeniz
     assert 0 <= scores["rouge_l"] <= 1 and scores["perplexity"] > 1
 
 
+def test_batches_group_similar_lengths_and_predictions_keep_the_input_order(tokenizer, tiny_model_dir) -> None:
+    """Evaluation batches rows of similar length (`length_batches`), and each prediction lands back on its own
+    example: the reference replies' likelihoods, distinct per example, equal those scored one at a time."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ftkit.tasks.base import length_batches
+
+    assert list(length_batches([[1, 2, 3], [1], [1, 2], [1]], 2)) == [[1, 3], [2, 0]]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    chat = get_task(ChatOptions(name="chat", max_new_tokens=3), max_length=512)
+    examples = [chat.make_example({"messages": CONVERSATION[: n + 1]}, f"f:row {n}") for n in (4, 2, 4, 2)]
+    examples[2] = chat.make_example({"messages": CONVERSATION[1:5]}, "f:row 2")  # another length again
+    seen: list[int] = []
+    batched = chat.predict(model, tokenizer, examples, batch_size=2, progress=seen.append)
+    alone = [chat.predict(model, tokenizer, [one], batch_size=1, progress=lambda n: None)[0] for one in examples]
+    assert [p["nll"] for p in batched] == pytest.approx([p["nll"] for p in alone], rel=1e-4)
+    assert len({round(p["nll"], 3) for p in alone}) == 3 and seen == [2, 2]  # distinct, so a shuffle would show
+
+
 def test_sharegpt_alpaca_and_user_assistant_rows_become_messages() -> None:
     task = get_task(ChatOptions(name="chat"), 64)
     sharegpt = task.convert_row(
