@@ -14,7 +14,7 @@ import string
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
@@ -24,6 +24,7 @@ from ftkit.errors import FtkitError, RowError
 Row = dict[str, Any]
 Progress = Callable[[int], None]  # called with the number of examples just finished
 PairedTest = Literal["mcnemar", "bootstrap"]
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -205,13 +206,11 @@ class Task(ABC):
 
         budget = self.max_length - max_new_tokens
         prompts = [truncate_middle(self.eval_prompt_ids(e, tokenizer), budget) for e in examples]
-        replies = [""] * len(prompts)
-        for batch in length_batches(prompts, batch_size):
-            chosen = [prompts[row] for row in batch]
-            for row, reply in zip(batch, generate_greedy(model, tokenizer, chosen, max_new_tokens), strict=True):
-                replies[row] = reply
-            progress(len(batch))
-        return replies
+
+        def reply(batch: list[int]) -> list[str]:
+            return generate_greedy(model, tokenizer, [prompts[row] for row in batch], max_new_tokens)
+
+        return by_length(prompts, batch_size, reply, progress)
 
     def paired_test(self, metric: str) -> PairedTest:
         """McNemar's exact test for per-example 0/1 metrics, a paired bootstrap for the others."""
@@ -244,10 +243,22 @@ class Task(ABC):
 
 def length_batches(rows: Sequence[Sequence[int]], size: int) -> Iterator[list[int]]:
     """The indices of `rows` in batches of `size`, shortest rows first. A batched forward pads every row to its
-    longest, so rows of similar length waste little of it on padding; callers put each result back at its index."""
+    longest, so rows of similar length waste little of it on padding."""
     order = sorted(range(len(rows)), key=lambda row: len(rows[row]))
     for start in range(0, len(order), size):
         yield order[start : start + size]
+
+
+def by_length(
+    rows: Sequence[Sequence[int]], size: int, run: Callable[[list[int]], Sequence[R]], progress: Progress
+) -> list[R]:
+    """`run` over the `length_batches` of `rows` (it gets a batch's indices, returns one result per index),
+    with each result put back at its row's index, so the results are in input order."""
+    results: dict[int, R] = {}
+    for batch in length_batches(rows, size):
+        results.update(zip(batch, run(batch), strict=True))
+        progress(len(batch))
+    return [results[row] for row in range(len(rows))]
 
 
 class TemplateError(ValueError):

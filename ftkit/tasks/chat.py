@@ -19,7 +19,7 @@ from pydantic import Field
 from ftkit.data.encoding import IGNORE_INDEX, Encoded, assistant_spans
 from ftkit.errors import RowError
 from ftkit.evaluation.metrics import compute, per_example, sum_statistic
-from ftkit.tasks.base import Example, Progress, Row, Task, TaskOptions, alpaca_prompt, length_batches, register
+from ftkit.tasks.base import Example, Progress, Row, Task, TaskOptions, alpaca_prompt, by_length, register
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {
@@ -136,14 +136,16 @@ class Chat(Task):
             context, reply_ids = ids[:start][-budget:], ids[start:end]
             contexts.append(context)
             references.append(Encoded(context + reply_ids, [IGNORE_INDEX] * len(context) + reply_ids, False))
-        predictions: list[dict[str, Any]] = [{} for _ in examples]
-        for batch in length_batches(contexts, batch_size):
+
+        def predict(batch: list[int]) -> list[dict[str, Any]]:
             replies = generate_greedy(model, tokenizer, [contexts[row] for row in batch], self.options.max_new_tokens)
             logprobs = score_completions(model, tokenizer.pad_token_id, [references[row] for row in batch])
-            for row, reply, logprob in zip(batch, replies, logprobs, strict=True):
-                predictions[row] = {"reply": reply, "nll": -logprob, "tokens": references[row].trained_tokens}
-            progress(len(batch))
-        return predictions
+            return [
+                {"reply": reply, "nll": -logprob, "tokens": references[row].trained_tokens}
+                for row, reply, logprob in zip(batch, replies, logprobs, strict=True)
+            ]
+
+        return by_length(contexts, batch_size, predict, progress)
 
     def scorers(
         self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]

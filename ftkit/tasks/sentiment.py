@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 from ftkit.data.encoding import truncate_middle
 from ftkit.errors import RowError
 from ftkit.evaluation.metrics import compute, per_example
-from ftkit.tasks.base import Example, Progress, Task, TaskOptions, length_batches, register, render, slots
+from ftkit.tasks.base import Example, Progress, Task, TaskOptions, by_length, register, render, slots
 
 
 class SentimentOptions(TaskOptions):
@@ -115,13 +115,12 @@ class Sentiment(Task):
 
         labels, options, budget = self.labels, self._options(tokenizer), self.eval_budget(tokenizer)
         prompts = [truncate_middle(self.eval_prompt_ids(example, tokenizer), budget) for example in examples]
-        predictions = [""] * len(prompts)
-        for batch in length_batches(prompts, batch_size):
+
+        def predict(batch: list[int]) -> list[str]:
             chosen = [prompts[row] for row in batch]
-            for row, best in zip(batch, best_options(model, tokenizer.pad_token_id, chosen, options), strict=True):
-                predictions[row] = labels[best]
-            progress(len(batch))
-        return predictions
+            return [labels[best] for best in best_options(model, tokenizer.pad_token_id, chosen, options)]
+
+        return by_length(prompts, batch_size, predict, progress)
 
     def scorers(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, Callable[[], float]]:
         references = [example.reference for example in examples]
