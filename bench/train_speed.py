@@ -25,7 +25,8 @@ the headline, 3 pairs x 8 steps, each pair also running ftkit with gradient chec
 memory/speed trade-off); 8-bit and unquantized 1 pair x 5 steps each. --pairs/--steps override every
 mode's numbers. Variants switch one ftkit optimisation off (for the README's "what each buys"):
 ftkit-fp32 (fp32 compute dtype), ftkit-random (no length grouping), ftkit-full-head (LM head and
-loss at every position), ftkit-nosplit (wide batches not split); ftkit-gc turns checkpointing on,
+loss at every position), ftkit-nosplit (wide batches not split), ftkit-peft-lora (peft's own LoRA
+forward instead of ftkit.training.lora_forward's one addmm); ftkit-gc turns checkpointing on,
 trl-nogc turns it off in TRL, trl-nogc-fp32 also computes in fp32 (TRL's fastest where bf16 is emulated).
 
 FLOPs: N = non-embedding parameters of the base, L = LoRA parameters, V*d = the LM head. Per input
@@ -65,7 +66,7 @@ from transformers import TrainerCallback  # noqa: E402
 
 MODES = ("4bit", "8bit", "none")
 PLAN = {
-    "4bit": (3, 8, ["ftkit-gc", "ftkit-bnb"]),
+    "4bit": (3, 8, ["ftkit-gc", "ftkit-bnb", "ftkit-peft-lora", "trl-nogc"]),
     "8bit": (1, 5, []),
     "none": (1, 5, []),
 }  # mode: (pairs, steps per run, extra runs)
@@ -77,6 +78,7 @@ VARIANTS = {  # name: what it turns off or on (each is one extra run per pair)
     "ftkit-random": ["train.group_by_length=false"],  # what length grouping buys
     "ftkit-full-head": [],  # LM head and loss at every position, the Trainer's own loss
     "ftkit-nosplit": [],  # wide batches are not split into chunks
+    "ftkit-peft-lora": [],  # peft's LoRA forward (clone, scale, add) instead of lora_forward's addmm
     "trl-nogc": [],  # TRL with gradient checkpointing off
     "trl-nogc-fp32": [],  # and fp32 compute (no bf16 autocast): TRL's fastest on a CPU without native bf16
 }
@@ -206,6 +208,7 @@ def heldout_loss(model: Any, recipe: Any, autocast: bool) -> float:
 
 def run_ftkit(mode: str, steps: int, out: Path, variant: str, extra: Sequence[str] = ()) -> dict[str, Any]:
     """The product path of `ftkit train --no-eval`: pre-flight (tokenise once), load, train, save."""
+    import ftkit.training.lora_forward
     import ftkit.training.trainer
     from ftkit import runs
     from ftkit.data.prepared import prepare
@@ -217,6 +220,8 @@ def run_ftkit(mode: str, steps: int, out: Path, variant: str, extra: Sequence[st
         ftkit.training.trainer.CompletionLossTrainer.compute_loss = Trainer.compute_loss
     if variant == "ftkit-nosplit":
         ftkit.training.trainer.batch_token_budget = lambda rows, batch_size: None
+    if variant == "ftkit-peft-lora":
+        ftkit.training.lora_forward.install = lambda model: 0
     recipe = bench_recipe(mode, steps, out, [*VARIANTS.get(variant, []), *extra])
     prepared = prepare(recipe)
     prepared.raise_if_fatal()

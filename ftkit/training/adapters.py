@@ -9,6 +9,7 @@ import torch
 
 from ftkit.errors import FtkitError
 from ftkit.recipe import AdapterConfig
+from ftkit.training import distributed, lora_forward
 
 
 class AdapterError(FtkitError):
@@ -35,7 +36,8 @@ def attach(model: Any, cfg: AdapterConfig, gradient_checkpointing: bool) -> Any:
 
     With gradient checkpointing, the frozen embeddings produce activations with no grad, so
     checkpointed blocks see no input that requires grad and LoRA silently trains nothing;
-    `enable_input_require_grads` is what prevents that, quantized or not.
+    `enable_input_require_grads` is what prevents that, quantized or not. The LoRA layers train through
+    `lora_forward` (one `addmm` for the scaled sum) unless the parameters are sharded.
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -50,9 +52,12 @@ def attach(model: Any, cfg: AdapterConfig, gradient_checkpointing: bool) -> Any:
     if gradient_checkpointing:
         model.enable_input_require_grads()
     try:
-        return get_peft_model(model, lora_config(cfg))
+        peft_model = get_peft_model(model, lora_config(cfg))
     except ValueError as error:  # peft: "Target modules {...} not found in the base model"
         raise AdapterError(f"adapter.target_modules: {error}") from error
+    if not distributed.shards_parameters():
+        lora_forward.install(peft_model)
+    return peft_model
 
 
 def is_quantized(model: Any) -> bool:
