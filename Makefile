@@ -71,8 +71,9 @@ format: setup
 	$(BIN)/ruff check --fix ftkit tests bench
 	$(BIN)/ruff format ftkit tests bench
 
-# `make bench`: training speed/memory vs the stock TRL QLoRA path, then evaluation speed (estimated 12-14 min on
-# 2 idle cores; numbers taken while other work runs on the machine are not worth keeping).
+# `make bench`: training speed/memory vs the stock TRL QLoRA path, then evaluation speed. `bench-train` took 14 min
+# on 2 idle cores (2026-12-04); `bench-eval` times sentiment, qa and chat on 200 rows twice each against
+# one-at-a-time generation and takes longer. Numbers taken while other work runs on the machine are not worth keeping.
 BENCH_STAMP := $(VENV)/.ftkit-bench-installed
 
 $(BENCH_STAMP): $(STAMP)

@@ -13,7 +13,7 @@ put in one bucket by its name, its input shapes and the profiler range it ran un
     framework     time the profiler saw outside kernels (autograd's engine, module wrappers)
     Python        the rest of the step's wall time: the Trainer, the collator, peft and bitsandbytes' Python
 
-    python bench/train_profile.py                       # before (bitsandbytes dequantizes) and after (default)
+    python bench/train_profile.py      # before (bitsandbytes dequantizes), peft-lora (peft's LoRA forward), after
     python bench/train_profile.py --sides after --steps 3
 
 Writes bench/results/train_profile.json and .md and prints the table (seconds per step and share).
@@ -39,6 +39,7 @@ from transformers import TrainerCallback  # noqa: E402
 
 SIDES = {  # name: recipe overrides on top of the benchmark's work
     "before": ["model.dequantized_base=false"],
+    "peft-lora": [],  # peft's own LoRA forward (clone, scale, add) instead of ftkit.training.lora_forward's addmm
     "after": [],
 }
 BUCKETS = (
@@ -114,10 +115,13 @@ def child(side: str, steps: int, result_path: Path) -> None:
     """One profiled training run (the product path of `ftkit train --no-eval`, as in train_speed)."""
     from train_speed import bench_recipe
 
+    import ftkit.training.lora_forward
     from ftkit import runs
     from ftkit.data.prepared import prepare
     from ftkit.training.trainer import train
 
+    if side == "peft-lora":
+        ftkit.training.lora_forward.install = lambda model: 0
     with tempfile.TemporaryDirectory(prefix=f"profile-{side}-") as tmp:
         recipe = bench_recipe("4bit", steps + 2, Path(tmp) / "run", SIDES[side])
         prepared = prepare(recipe)
@@ -153,7 +157,8 @@ def render(results: list[dict[str, Any]]) -> str:
     lines.append(
         "\nProfiled optimizer steps 2-5 of the 4-bit training benchmark's work (torch.profiler adds its own "
         "overhead, so these steps are slower than bench/train_speed.py's); before = bitsandbytes dequantizes "
-        "every step (model.dequantized_base: false), after = ftkit's default."
+        "every step (model.dequantized_base: false), peft-lora = peft's own LoRA forward instead of "
+        "ftkit.training.lora_forward, after = ftkit's default."
     )
     return "\n".join(lines)
 

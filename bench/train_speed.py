@@ -20,14 +20,15 @@ validation examples after training, computed by one function for both sides.
     python bench/train_speed.py --quick         # 4-bit, 1 pair, 3 steps: does the harness work?
     python bench/train_speed.py --modes 4bit --pairs 1 --steps 6 --variants ftkit-fp32,ftkit-random
 
-Default plan (estimated 10-12 minutes on 2 idle cores, then ~2 for bench/eval_speed.py): 4-bit NF4,
-the headline, 3 pairs x 8 steps, each pair also running ftkit with gradient checkpointing (its
-memory/speed trade-off); 8-bit and unquantized 1 pair x 5 steps each. --pairs/--steps override every
-mode's numbers. Variants switch one ftkit optimisation off (for the README's "what each buys"):
-ftkit-fp32 (fp32 compute dtype), ftkit-random (no length grouping), ftkit-full-head (LM head and
-loss at every position), ftkit-nosplit (wide batches not split), ftkit-peft-lora (peft's own LoRA
-forward instead of ftkit.training.lora_forward's one addmm); ftkit-gc turns checkpointing on,
-trl-nogc turns it off in TRL, trl-nogc-fp32 also computes in fp32 (TRL's fastest where bf16 is emulated).
+Default plan (22 runs, 12 minutes on 2 idle cores of an AVX512-BF16 EPYC on 2026-12-04): 4-bit NF4, the
+headline, 3 pairs x 8 steps, each pair also running ftkit with gradient checkpointing (its memory/speed
+trade-off), ftkit-bnb, ftkit-peft-lora and trl-nogc (TRL's fastest setting); 8-bit and unquantized 1 pair x 5
+steps each. --pairs/--steps override every mode's numbers. Variants switch one ftkit optimisation off
+(for the README's "what each buys"): ftkit-fp32 (fp32 compute dtype), ftkit-random (no length grouping),
+ftkit-full-head (LM head and loss at every position), ftkit-nosplit (wide batches not split),
+ftkit-peft-lora (peft's own LoRA forward instead of ftkit.training.lora_forward's one addmm); ftkit-gc
+turns checkpointing on, trl-nogc turns it off in TRL, trl-nogc-fp32 also computes in fp32 (TRL's fastest
+where bf16 is emulated).
 
 FLOPs: N = non-embedding parameters of the base, L = LoRA parameters, V*d = the LM head. Per input
 token, the forward costs 2N and the backward 2N (gradients of the activations only: the base is
