@@ -6,8 +6,8 @@ three passes over an output-sized tensor per layer, 210 layers per forward on th
 memory-bound on a CPU. Here the scaling and the sum are one `torch.addmm(result, h, B.T, alpha=scaling)`,
 the matmul's own epilogue, and the base's output is not copied: nothing edits it in place (the clone
 guarded bitsandbytes' outputs against that on older PyTorch; autograd's version counter would raise if
-anything did). Measured on the training benchmark's work: 3-11 % more input tokens/s and 110-140 MB less
-peak RSS, the same losses to four decimals (docs/performance.md).
+anything did). In one `make bench-train` (2026-12-04, 2 cores with AVX512-BF16): 1.03x the input tokens/s of
+peft's forward, 110-136 MB less peak RSS, the same losses (docs/performance.md, "Training, round three").
 
 Only the plain case takes this path: training, adapters enabled and unmerged, one active vanilla LoRA
 adapter (no DoRA), no per-row `adapter_names`, no autocast; anything else (evaluation in eval mode included)
@@ -47,7 +47,7 @@ class _LeanForward:
         layer = self.layer
         a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
         result = layer.base_layer(x)
-        h = torch.nn.functional.linear(layer.lora_dropout[name](x.to(a.dtype)), a)
+        h = torch.nn.functional.linear(layer.lora_dropout[name](layer._cast_input_dtype(x, a.dtype)), a)
         # a narrower base output (a bf16 base) is summed in the LoRA weights' dtype, as peft's Linear does
         total = result.reshape(-1, result.shape[-1]).to(a.dtype)
         total = torch.addmm(total, h.reshape(-1, h.shape[-1]), b.t(), alpha=layer.scaling[name])
