@@ -13,28 +13,12 @@ from safetensors.torch import load_file
 from ftkit import dequantized, few_rows
 from ftkit.cli import main
 from ftkit.models import load_model
-from ftkit.recipe import AdapterConfig, ModelConfig, load_recipe
-from ftkit.training import adapters
-from ftkit.training.trainer import Collator
+from ftkit.recipe import ModelConfig, load_recipe
+from tests.tiny_adapters import lora_model, loss_and_grads, token_batch
 
 
 def _lora_model(model_dir: Path, compute_dtype: Any, double_quant: bool) -> torch.nn.Module:
-    cfg = ModelConfig(
-        source=str(model_dir), quantization="4bit", compute_dtype=compute_dtype, double_quant=double_quant
-    )
-    model = adapters.attach(load_model(cfg).model, AdapterConfig(r=4, alpha=8, dropout=0.0), False)
-    torch.manual_seed(1)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:  # peft starts B at zero, which would leave A's gradient zero too
-            param.data.normal_(0, 0.02)
-    return model
-
-
-def _loss_and_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-    model.zero_grad()
-    loss = model(**batch).loss
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return lora_model(model_dir, quantization="4bit", compute_dtype=compute_dtype, double_quant=double_quant)
 
 
 @pytest.mark.parametrize(
@@ -42,21 +26,20 @@ def _loss_and_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
 )
 def test_training_against_the_copies_is_bit_identical(tiny_model_dir: Path, compute_dtype, double_quant) -> None:
     model = _lora_model(tiny_model_dir, compute_dtype, double_quant)
-    rows = [{"input_ids": list(range(5, 5 + n)), "labels": list(range(5, 5 + n))} for n in (9, 14, 6)]
-    batch = Collator(0)(rows)
+    batch = token_batch(9, 14, 6)
     model.train()
-    loss, grads = _loss_and_grads(model, batch)
+    loss, grads = loss_and_grads(model, batch)
     kept = dequantized.keep_dequantized(model)
     layers = list(dequantized.four_bit_layers(model))
     assert layers and kept == dequantized.copy_bytes(model) > 0
-    loss_kept, grads_kept = _loss_and_grads(model, batch)
+    loss_kept, grads_kept = loss_and_grads(model, batch)
     assert torch.equal(loss, loss_kept)
     assert grads.keys() == grads_kept.keys()
     assert all(torch.equal(grads[name], grads_kept[name]) for name in grads)
     # the copies are what trains: with the packed 4-bit codes wiped, the training loss does not move
     for layer in layers:
         layer.weight.data.zero_()
-    assert torch.equal(_loss_and_grads(model, batch)[0], loss)
+    assert torch.equal(loss_and_grads(model, batch)[0], loss)
 
 
 @pytest.mark.parametrize(("compute_dtype", "double_quant"), [("bfloat16", True), ("float32", True), ("float32", False)])
@@ -72,8 +55,7 @@ def test_inference_against_the_copies_is_bit_identical(
     layers = list(dequantized.four_bit_layers(model))
     for layer in layers:
         layer.support_avx512bf16_for_cpu = False
-    rows = [{"input_ids": list(range(5, 5 + n)), "labels": list(range(5, 5 + n))} for n in (9, 4)]
-    inputs = {k: v for k, v in Collator(0)(rows).items() if k != "labels"}
+    inputs = {k: v for k, v in token_batch(9, 4).items() if k != "labels"}
     with torch.inference_mode():
         reference = model(**inputs).logits
         dequantized.keep_dequantized(model, True)

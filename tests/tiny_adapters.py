@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -72,3 +73,40 @@ def make_run(root: Path, base_dir: Path, name: str, seed: int, **kwargs) -> Path
     make_adapter(run / "adapter", base_dir, seed, recipe=recipe, **kwargs)
     write_text(run / "recipe.yaml", recipe.to_yaml())
     return run
+
+
+def lora_model(model_dir: Path, *, dropout: float = 0.0, **model: Any):  # -> the PeftModel
+    """The tiny model as `ftkit train` prepares it (`load_model`, then `adapters.attach`), with `model` as the
+    `ModelConfig` fields, and LoRA B moved away from zero so that A has a gradient too (peft starts B at zero)."""
+    import torch
+
+    from ftkit.models import load_model
+    from ftkit.recipe import AdapterConfig, ModelConfig
+    from ftkit.training import adapters
+
+    cfg = ModelConfig(source=str(model_dir), **model)
+    peft_model = adapters.attach(load_model(cfg).model, AdapterConfig(r=4, alpha=8, dropout=dropout), False)
+    torch.manual_seed(1)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.02)
+    return peft_model
+
+
+def token_batch(*lengths: int):  # -> dict[str, torch.Tensor]
+    """A right-padded training batch of rows of these lengths (ids 5, 6, ..., every token trained)."""
+    from ftkit.training.trainer import Collator
+
+    return Collator(0)([{"input_ids": list(range(5, 5 + n)), "labels": list(range(5, 5 + n))} for n in lengths])
+
+
+def loss_and_grads(model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """One training forward and backward: the loss and every parameter's gradient. Seeded, so that two calls
+    draw the same dropout masks."""
+    import torch
+
+    model.zero_grad()
+    torch.manual_seed(7)
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

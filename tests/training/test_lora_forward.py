@@ -8,35 +8,15 @@ from typing import Any
 import pytest
 import torch
 
-from ftkit.models import load_model
-from ftkit.recipe import AdapterConfig, ModelConfig
-from ftkit.training import adapters, lora_forward
-from ftkit.training.trainer import Collator
+from ftkit.training import lora_forward
+from tests.tiny_adapters import lora_model, loss_and_grads, token_batch
 
 
 def _models(model_dir: Path, quantization: str, dtype: str) -> tuple[torch.nn.Module, list[Any]]:
-    """A LoRA model as `attach` makes it, with B away from zero (so A has a gradient), and its LoRA layers."""
-    cfg = ModelConfig(source=str(model_dir), quantization=quantization, compute_dtype=dtype)  # type: ignore[arg-type]
-    model = adapters.attach(load_model(cfg).model, AdapterConfig(r=4, alpha=8, dropout=0.1), False)
-    torch.manual_seed(1)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            param.data.normal_(0, 0.02)
+    """A LoRA model as `attach` makes it (dropout on, B away from zero) and its LoRA layers."""
+    model = lora_model(model_dir, dropout=0.1, quantization=quantization, compute_dtype=dtype)
     layers = [m for m in model.modules() if isinstance(getattr(m, "forward", None), lora_forward._LeanForward)]
     return model, layers
-
-
-def _batch() -> dict[str, torch.Tensor]:
-    rows = [{"input_ids": list(range(5, 5 + n)), "labels": list(range(5, 5 + n))} for n in (9, 14, 6)]
-    return Collator(0)(rows)
-
-
-def _loss_and_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-    model.zero_grad()
-    torch.manual_seed(7)  # the same dropout masks on both sides: both draw them in the same order
-    loss = model(**batch).loss
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def _peft_forward(layers: list[Any]) -> None:
@@ -49,11 +29,11 @@ def test_training_forward_gives_peft_losses_and_gradients(tiny_model_dir: Path, 
     model, layers = _models(tiny_model_dir, quantization, dtype)
     targets = [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
     assert layers and len(layers) == len(targets)  # every LoRA linear layer of the model
-    batch = _batch()
+    batch = token_batch(9, 14, 6)
     model.train()
-    loss, grads = _loss_and_grads(model, batch)
+    loss, grads = loss_and_grads(model, batch)
     _peft_forward(layers)
-    loss_peft, grads_peft = _loss_and_grads(model, batch)
+    loss_peft, grads_peft = loss_and_grads(model, batch)
     assert grads.keys() == grads_peft.keys() and any("lora_A" in name for name in grads)
     assert torch.allclose(loss, loss_peft, rtol=1e-6, atol=0)
     for name, grad in grads.items():
@@ -64,7 +44,7 @@ def test_disabled_adapters_train_the_base_alone(tiny_model_dir: Path) -> None:
     """Under peft's `disable_adapter()` the lean forward is peft's: the base's logits, without the LoRA sum."""
     model, layers = _models(tiny_model_dir, "4bit", "bfloat16")
     peft_model: Any = model
-    inputs = {k: v for k, v in _batch().items() if k != "labels"}
+    inputs = {k: v for k, v in token_batch(9, 14, 6).items() if k != "labels"}
     model.train()
     with torch.no_grad():
         torch.manual_seed(7)
