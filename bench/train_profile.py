@@ -37,10 +37,10 @@ import torch  # noqa: E402
 from common import ROOT, machine, write_results  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-SIDES = {  # name: recipe overrides on top of the benchmark's work
-    "before": ["model.dequantized_base=false"],
-    "peft-lora": [],  # peft's own LoRA forward (clone, scale, add) instead of ftkit.training.lora_forward's addmm
-    "after": [],
+SIDES = {  # name: the bench/train_speed.py run it profiles
+    "before": "ftkit-bnb",  # bitsandbytes dequantizes the 4-bit weights every step
+    "peft-lora": "ftkit-peft-lora",  # peft's own LoRA forward (clone, scale, add) instead of lora_forward's addmm
+    "after": "ftkit",  # the default
 }
 BUCKETS = (
     "matmul",
@@ -113,17 +113,14 @@ class Profile(TrainerCallback):
 
 def child(side: str, steps: int, result_path: Path) -> None:
     """One profiled training run (the product path of `ftkit train --no-eval`, as in train_speed)."""
-    from train_speed import bench_recipe
+    from train_speed import bench_recipe, switch_off
 
-    import ftkit.training.lora_forward
     from ftkit import runs
     from ftkit.data.prepared import prepare
     from ftkit.training.trainer import train
 
-    if side == "peft-lora":
-        ftkit.training.lora_forward.install = lambda model: 0
     with tempfile.TemporaryDirectory(prefix=f"profile-{side}-") as tmp:
-        recipe = bench_recipe("4bit", steps + 2, Path(tmp) / "run", SIDES[side])
+        recipe = bench_recipe("4bit", steps + 2, Path(tmp) / "run", switch_off(SIDES[side]))
         prepared = prepare(recipe)
         prepared.raise_if_fatal()
         run = runs.RunDir(recipe.run_dir)

@@ -207,13 +207,11 @@ def heldout_loss(model: Any, recipe: Any, autocast: bool) -> float:
     return round(total / count, 4)
 
 
-def run_ftkit(mode: str, steps: int, out: Path, variant: str, extra: Sequence[str] = ()) -> dict[str, Any]:
-    """The product path of `ftkit train --no-eval`: pre-flight (tokenise once), load, train, save."""
+def switch_off(variant: str) -> list[str]:
+    """Turn off in this process the ftkit code a variant measures without (the ablations no recipe key reaches);
+    returns the variant's recipe overrides."""
     import ftkit.training.lora_forward
     import ftkit.training.trainer
-    from ftkit import runs
-    from ftkit.data.prepared import prepare
-    from ftkit.training.trainer import train
 
     if variant == "ftkit-full-head":  # ablation: the Trainer's own loss, logits at every position
         from transformers import Trainer
@@ -223,7 +221,16 @@ def run_ftkit(mode: str, steps: int, out: Path, variant: str, extra: Sequence[st
         ftkit.training.trainer.batch_token_budget = lambda rows, batch_size: None
     if variant == "ftkit-peft-lora":
         ftkit.training.lora_forward.install = lambda model: 0
-    recipe = bench_recipe(mode, steps, out, [*VARIANTS.get(variant, []), *extra])
+    return VARIANTS.get(variant, [])
+
+
+def run_ftkit(mode: str, steps: int, out: Path, variant: str, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """The product path of `ftkit train --no-eval`: pre-flight (tokenise once), load, train, save."""
+    from ftkit import runs
+    from ftkit.data.prepared import prepare
+    from ftkit.training.trainer import train
+
+    recipe = bench_recipe(mode, steps, out, [*switch_off(variant), *extra])
     prepared = prepare(recipe)
     prepared.raise_if_fatal()
     run = runs.RunDir(recipe.run_dir)
